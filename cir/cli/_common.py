@@ -1,0 +1,28 @@
+"""Options and helpers shared by several ``cir`` commands."""
+
+from __future__ import annotations
+
+import click
+
+overrides_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a pipeline parameter, e.g. --set stages.fuse.alpha=0.7 (repeatable).",
+)
+preset_option = click.option(
+    "--preset", default=None, help="Apply a preset of the pipeline (e.g. cirr, fashioniq)."
+)
+device_option = click.option(
+    "--device", default=None, help="Device for models (cuda, cuda:1, cpu); automatic by default."
+)
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain aligned text table."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*map(str, row)) for row in rows]
+    return "\n".join(row.rstrip() for row in out)

@@ -1,0 +1,71 @@
+"""``cir search``: one composed query against an index, printed as a table or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cir.cli._common import device_option, format_table, overrides_option, preset_option
+from cir.errors import DataError
+from cir.types import Query
+
+
+@click.command("search")
+@click.option("--index", "index_dir", required=True, type=click.Path(), help="Index folder.")
+@click.option("--image", type=click.Path(), default=None, help="Reference image file.")
+@click.option("--reference-id", default=None, help="Reference image given by its gallery id.")
+@click.option("--text", required=True, help="How the target differs from the reference.")
+@click.option("--pipeline", default="clip_fusion", show_default=True, help="Name or YAML path.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (ranking and trace).")
+@overrides_option
+@preset_option
+@device_option
+def search_command(
+    index_dir: str,
+    image: str | None,
+    reference_id: str | None,
+    text: str,
+    pipeline: str,
+    k: int,
+    as_json: bool,
+    overrides: tuple[str, ...],
+    preset: str | None,
+    device: str | None,
+) -> None:
+    """Search INDEX for images like the reference, changed as TEXT says."""
+    from cir.index import GalleryIndex
+    from cir.pipeline import load_pipeline
+
+    if image is not None and not Path(image).is_file():
+        raise DataError(f"reference image {image!r} does not exist")
+    pipe = load_pipeline(pipeline, overrides, preset)
+    index = GalleryIndex.load(index_dir, device=device)
+    query = Query(text, reference=image, reference_id=reference_id, id="query")
+    state = pipe.run([query], index, batch_size=1, device=device, progress=False)[0]
+    ranking = state.ranking.top(k) if state.ranking else None
+    if as_json:
+        summary = state.summary()
+        summary["ranking"] = ranking.to_dict() if ranking else None
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    _print_readable(state, ranking, index)
+
+
+def _print_readable(state, ranking, index) -> None:
+    for label, values in (("caption", state.captions), ("target", state.targets)):
+        for value in values[:3]:
+            click.echo(f"{label}: {value}")
+    if ranking is None:
+        click.echo("the pipeline produced no ranking (does it end with a retrieve stage?)")
+        return
+    rows = [
+        [str(i), f"{score:.4f}", gid, str(index.path(gid) or "")]
+        for i, (gid, score) in enumerate(zip(ranking.ids, ranking.scores, strict=True), 1)
+    ]
+    click.echo(format_table(["rank", "score", "id", "path"], rows))
+
+
+COMMANDS = [search_command]

@@ -1,0 +1,110 @@
+"""``encode_image``: the reference image's CLIP embedding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cir.errors import DataError
+from cir.stages._encoders import resolve_encoder
+from cir.stages.base import Context, Stage, register_stage
+from cir.types import QueryState
+
+
+@dataclass(frozen=True)
+class EncodeImageParams:
+    model: str | None = None
+    pretrained: str | None = None
+    output: str = "image"
+    batch_size: int = 32
+    reuse_index: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@register_stage
+class EncodeImage(Stage):
+    """Embed each query's reference image with a CLIP-style encoder.
+
+    ``model: null`` (the default) uses the encoder the index was built with. When the reference is
+    given by gallery id and ``reuse_index`` is on, the stored gallery embedding is reused instead
+    of re-encoding the image.
+
+    Example:
+        >>> EncodeImage(output="image")          # in YAML: - stage: encode_image
+    """
+
+    name = "encode_image"
+    Params = EncodeImageParams
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("query.image",)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return (f"embeddings.{self.params.output}",)
+
+    def setup(self, ctx: Context) -> None:
+        self.encoder = resolve_encoder(
+            ctx, self.instance, self.params.model, self.params.pretrained
+        )
+
+    def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
+        key = self.encoder.identity.key
+        pending: list[tuple[QueryState, object]] = []
+        for state in states:
+            stored = self._stored_embedding(state, ctx, key)
+            if stored is not None:
+                self._write(state, stored, key)
+                self.record(state).cache_hits += 1
+            else:
+                pending.append((state, _reference_image(state, ctx)))
+        if pending:
+            vectors = self.encoder.encode_images(
+                [img for _, img in pending], self.params.batch_size
+            )
+            for (state, _), vec in zip(pending, vectors, strict=True):
+                self._write(state, vec, key)
+        return states
+
+    def _stored_embedding(self, state: QueryState, ctx: Context, key: str) -> torch.Tensor | None:
+        ref_id, index = state.query.reference_id, ctx.index
+        if not self.params.reuse_index or state.query.reference is not None or ref_id is None:
+            return None
+        if index is None or index.encoder is None or index.encoder.key != key:
+            return None
+        return index.embedding(ref_id) if index.has(ref_id) else None
+
+    def _write(self, state: QueryState, vector: torch.Tensor, key: str) -> None:
+        state.embeddings[self.params.output] = vector.float()
+        state.encoders[self.params.output] = key
+
+
+def _reference_image(state: QueryState, ctx: Context):
+    """The query's reference image as an RGB PIL image (from the query or the index folder)."""
+    from cir.images import load_image
+
+    query = state.query
+    if query.reference is not None:
+        return load_image(query.reference)
+    if query.reference_id is not None:
+        index = ctx.index
+        path = (
+            index.path(query.reference_id)
+            if index is not None and index.has(query.reference_id)
+            else None
+        )
+        if path is None:
+            raise DataError(
+                f"query {query.id!r}: reference_id {query.reference_id!r} is not an image of the "
+                "index (or the index keeps no image paths); pass Query(reference=<path>) instead"
+            )
+        return load_image(path)
+    raise DataError(
+        f"query {query.id!r} has no reference image, but stage encode_image needs one; "
+        "give Query(reference=<path or PIL image>) or reference_id=<gallery id>"
+    )

@@ -1,0 +1,108 @@
+"""``encode_text``: CLIP text embeddings of the modification, captions or target descriptions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from cir.errors import ConfigError, DataError
+from cir.stages._encoders import resolve_encoder
+from cir.stages.base import Context, Stage, register_stage
+from cir.types import QueryState
+
+_SOURCES = ("query.text", "captions", "targets")
+
+
+@dataclass(frozen=True)
+class EncodeTextParams:
+    source: str = "query.text"
+    template: str = "{text}"
+    output: str = "text"
+    combine: Literal["none", "mean"] = "mean"
+    model: str | None = None
+    pretrained: str | None = None
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.source not in _SOURCES:
+            raise ValueError(f"source must be one of {', '.join(_SOURCES)}, got {self.source!r}")
+        if "{text}" not in self.template:
+            raise ValueError(f"template must contain '{{text}}', got {self.template!r}")
+
+
+@register_stage
+class EncodeText(Stage):
+    """Embed text with the CLIP text tower.
+
+    ``source`` picks the text: the modification (``query.text``), the reference caption(s)
+    (``captions``) or the LLM's target description(s) (``targets``). A list of N texts gives
+    N embeddings; ``combine: mean`` averages them into one normalised vector (LDRE on CIRR),
+    ``combine: none`` keeps the (N, D) matrix for an ensemble stage. ``template`` wraps each text
+    (``"a photo of {text}"``).
+
+    Example:
+        >>> EncodeText(source="targets", output="target", combine="mean")
+    """
+
+    name = "encode_text"
+    Params = EncodeTextParams
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (self.params.source,)
+
+    @property
+    def writes(self) -> tuple[str, ...]:
+        return (f"embeddings.{self.params.output}",)
+
+    def setup(self, ctx: Context) -> None:
+        self.encoder = resolve_encoder(
+            ctx, self.instance, self.params.model, self.params.pretrained
+        )
+
+    def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
+        texts_per_state = [self._texts(state) for state in states]
+        flat = [self.params.template.format(text=t) for texts in texts_per_state for t in texts]
+        vectors = self.encode(flat, ctx, states)
+        start = 0
+        for state, texts in zip(states, texts_per_state, strict=True):
+            block = vectors[start : start + len(texts)]
+            start += len(texts)
+            state.embeddings[self.params.output] = self._shape(block)
+            state.encoders[self.params.output] = self.encoder.identity.key
+        return states
+
+    def encode(self, texts: list[str], ctx: Context, states: list[QueryState]) -> torch.Tensor:
+        """Embeddings of ``texts`` (one row each)."""
+        return self.encoder.encode_texts(texts, batch_size=self.params.batch_size)
+
+    def _texts(self, state: QueryState) -> list[str]:
+        source = self.params.source
+        if source == "query.text":
+            return [state.query.text]
+        texts = getattr(state, source)
+        if not texts:
+            raise DataError(f"query {state.query.id!r}: stage {self.instance!r} found no {source}")
+        return list(texts)
+
+    def _shape(self, block: torch.Tensor) -> torch.Tensor:
+        if self.params.source == "query.text":
+            return block[0]
+        if self.params.combine == "mean":
+            return F.normalize(block.mean(dim=0), dim=-1)
+        return block
+
+
+def as_query_vector(embedding: torch.Tensor, name: str, stage: str) -> torch.Tensor:
+    """A 1-D query vector from an embedding; (1, D) is squeezed, (N, D) needs combining first."""
+    if embedding.dim() == 2 and embedding.shape[0] == 1:
+        return embedding[0]
+    if embedding.dim() != 1:
+        raise ConfigError(
+            f"stage {stage!r}: embedding {name!r} holds {embedding.shape[0]} vectors; combine "
+            "them first (encode_text `combine: mean`, or an `ensemble` stage)"
+        )
+    return embedding
