@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from cir.errors import ConfigError
 from cir.stages.base import Context
 
 
 def resolve_encoder(ctx: Context, stage: str, model: str | None, pretrained: str | None = None):
-    """The shared encoder for ``model`` (or the index's encoder when ``model`` is None)."""
+    """The shared encoder for ``model`` (or the index's encoder when ``model`` is None).
+
+    Weights are loaded once per (model, tag, device) through ``ctx.resources``; an index built
+    with another image preprocessing (e.g. CIReVL's target pad) reuses them with that
+    preprocessing.
+    """
     from cir.models import load_encoder
 
     preprocessing = "default"
@@ -22,10 +25,10 @@ def resolve_encoder(ctx: Context, stage: str, model: str | None, pretrained: str
             )
         model, pretrained = index.encoder.spec, None
         preprocessing = index.encoder.preprocessing
-    key: tuple[Any, ...] = ("encoder", model, pretrained, ctx.device, preprocessing)
-    return ctx.resources.get(
-        key,
-        lambda: load_encoder(
-            model, pretrained=pretrained, device=ctx.device, preprocessing=preprocessing
-        ),
+    encoder = ctx.resources.get(
+        ("encoder", model, pretrained, ctx.device),
+        lambda: load_encoder(model, pretrained=pretrained, device=ctx.device),
     )
+    if encoder.identity.preprocessing != preprocessing:
+        encoder = encoder.with_preprocessing(preprocessing)
+    return encoder

@@ -1,0 +1,5 @@
+"""``python -m cir.cli``."""
+
+from cir.cli import main
+
+main()
