@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -116,5 +118,17 @@ def registered_stages() -> dict[str, type[Stage]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+_loaded = False
+
+
 def _load_builtin_stages() -> None:
-    import cir.stages  # noqa: F401  (imports every stage module, which registers it)
+    """Import every module of ``cir.stages`` once (each registers its stage)."""
+    global _loaded
+    if _loaded:
+        return
+    import cir.stages
+
+    for module in pkgutil.iter_modules(cir.stages.__path__):
+        if module.name != "base" and not module.name.startswith("_"):
+            importlib.import_module(f"cir.stages.{module.name}")
+    _loaded = True

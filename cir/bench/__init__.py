@@ -1,0 +1,9 @@
+"""Benchmarks: CIRCO, CIRR and FashionIQ readers, official metrics, submissions, runs.
+
+Modules: ``datasets`` (readers), ``metrics``, ``submission`` (writers and validator),
+``evaluate`` (score prediction files), ``runner`` (``cir bench run``), ``gallery`` (cached
+benchmark indexes), ``manifest``, ``report``, ``placeholders`` (miniature splits for tests).
+"""
+
+#: The benchmark names the readers, the CLI and the docs use.
+BENCHMARKS = ("circo", "cirr", "fashioniq")

@@ -1,0 +1,168 @@
+"""What every benchmark reader provides: queries, galleries, protocol rules and layout checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from cir.errors import ConfigError, DataError
+from cir.types import Query
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How the official evaluation ranks a query.
+
+    Attributes:
+        exclude_reference: drop the query's reference image from its ranking (CIRR).
+        k: how many ids the official ranking keeps (the submission length).
+        subset_k: length of a second ranking restricted to ``Query.extras["group_members"]``
+            (CIRR's Recall_subset), or 0 when the benchmark has none.
+    """
+
+    exclude_reference: bool
+    k: int = 50
+    subset_k: int = 0
+
+
+@dataclass
+class Part:
+    """One gallery with the queries ranked against it (FashionIQ has one per category).
+
+    Queries name their reference by ``reference_id`` only: every benchmark's references are
+    gallery images, so stages reuse the index's stored embedding and image path.
+
+    Attributes:
+        name: the part's name ("" for benchmarks with a single gallery, else the category).
+        queries: the queries, in annotation order.
+        gallery: gallery image id → image path, in split-file order.
+    """
+
+    name: str
+    queries: list[Query]
+    gallery: dict[str, Path] = field(default_factory=dict)
+
+
+class BenchDataset:
+    """Base class of the benchmark readers.
+
+    Subclasses read the official annotation files under ``data_root`` (images may live under
+    a separate ``image_root``) and turn them into ``Query`` objects and galleries.
+
+    Args:
+        data_root: the folder holding the official annotation layout.
+        image_root: where image paths are resolved; defaults to ``data_root``.
+        text_rule: how a query's text is made from the annotation (see ``text_rules``).
+
+    Example:
+        >>> ds = get_dataset("cirr", "/data/cirr")
+        >>> queries = ds.queries("val")          # annotations only, no images needed
+        >>> parts = ds.parts("val")              # queries + gallery paths for a run
+    """
+
+    name: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ("val", "test")
+    text_rules: ClassVar[dict[str, str]] = {}
+    default_text_rule: ClassVar[str] = ""
+    protocol: ClassVar[Protocol] = Protocol(exclude_reference=False)
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        image_root: str | Path | None = None,
+        text_rule: str | None = None,
+    ) -> None:
+        self.data_root = Path(data_root)
+        self.image_root = Path(image_root) if image_root is not None else self.data_root
+        self.text_rule = text_rule or self.default_text_rule
+        if self.text_rule not in self.text_rules:
+            raise ConfigError(
+                f"{self.name}: unknown query-text rule {self.text_rule!r}; valid rules: "
+                + "; ".join(f"{k} ({v})" for k, v in self.text_rules.items())
+            )
+
+    # ----------------------------------------------------------------- to implement
+    def annotation_files(self, split: str) -> list[Path]:
+        """The annotation files a split needs (evaluation reads only these)."""
+        raise NotImplementedError
+
+    def queries(self, split: str) -> list[Query]:
+        """The split's queries, read from the annotation files only."""
+        raise NotImplementedError
+
+    def parts(self, split: str) -> list[Part]:
+        """The split's galleries with their queries (needs the gallery listing files)."""
+        raise NotImplementedError
+
+    def expected_tree(self) -> str:
+        """The folder layout the reader expects, as an indented tree."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- shared helpers
+    def check_split(self, split: str) -> str:
+        if split not in self.splits:
+            raise ConfigError(
+                f"{self.name} has no split {split!r}; valid splits: {', '.join(self.splits)}"
+            )
+        return split
+
+    def image_files(self, split: str) -> Iterator[Path]:
+        """Every gallery image of the split (references are gallery images too)."""
+        seen: set[Path] = set()
+        for part in self.parts(split):
+            for path in part.gallery.values():
+                if path not in seen:
+                    seen.add(path)
+                    yield path
+
+    def first_missing(self, split: str) -> tuple[Path | None, int]:
+        """The first required file that does not exist, and how many files were checked.
+
+        Annotation files come first (without them the image list is unknown), then images.
+        """
+        checked = 0
+        for path in self.annotation_files(split):
+            checked += 1
+            if not path.is_file():
+                return path, checked
+        for path in self.image_files(split):
+            checked += 1
+            if not path.is_file():
+                return path, checked
+        return None, checked
+
+    def read_json(self, path: Path) -> Any:
+        """Load an annotation file, saying what is missing and where to look."""
+        if not path.is_file():
+            raise DataError(
+                f"{self.name}: annotation file not found: {path}\n"
+                f"expected layout under --data-root:\n{self.expected_tree()}\n"
+                f"run `cir data check {self.name} --data-root {self.data_root}` for details"
+            )
+        try:
+            with path.open(encoding="utf-8") as f:
+                return json.load(f)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{self.name}: {path} is not valid JSON ({exc})") from None
+
+
+def images_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:
+    """Map file stem → path for the images directly inside ``folder`` (one directory scan)."""
+    found: dict[str, Path] = {}
+    if not folder.is_dir():
+        return found
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            stem, dot, ext = entry.name.rpartition(".")
+            if dot and ext.lower() in extensions and stem not in found:
+                found[stem] = Path(entry.path)
+    return found
+
+
+def tree(lines: list[tuple[int, str]]) -> str:
+    """Render (depth, name) pairs as an indented tree."""
+    return "\n".join("    " * depth + name for depth, name in lines)

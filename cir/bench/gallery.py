@@ -1,0 +1,128 @@
+"""Benchmark gallery indexes: built once per (dataset, gallery, encoder), then reused.
+
+An index lives in ``<cache>/indexes/<dataset>[-<part>]-<gallery hash>-<encoder hash>/index`` with
+a ``bench.json`` naming the encoder spec and the hash of the gallery listing (ids and paths). A
+later run with the same encoder over the same gallery loads it instead of encoding again;
+an interrupted build resumes shard by shard. Index ids are the benchmark's image ids (COCO ids,
+CIRR names, FashionIQ ASINs).
+
+Example:
+    >>> index, info = gallery_index("cirr", part, "ViT-L-14/openai", Path("~/.cache/cir"))
+    >>> info["reused"]
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cir.bench.datasets import Part
+from cir.errors import DataError
+
+MARKER = "bench.json"
+
+
+def gallery_fingerprint(part: Part) -> str:
+    """sha256 of the gallery listing (id and path of every image, in order)."""
+    digest = hashlib.sha256()
+    for gid, path in part.gallery.items():
+        digest.update(f"{gid}\t{path}\n".encode())
+    return digest.hexdigest()
+
+
+def index_folder(cache_root: Path, dataset: str, part: Part, encoder: str) -> Path:
+    """``<cache>/indexes/<dataset>[-<part>]-<gallery hash>-<encoder hash>``: splits sharing a
+    gallery (CIRCO's val and test both rank COCO unlabeled) share the index."""
+    gallery = gallery_fingerprint(part)[:12]
+    tag = hashlib.sha256(encoder.encode()).hexdigest()[:12]
+    name = "-".join(x for x in (dataset, part.name, gallery, tag) if x)
+    return Path(cache_root) / "indexes" / name
+
+
+def gallery_index(
+    dataset: str,
+    part: Part,
+    encoder: str,
+    cache_root: Path,
+    device: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> tuple[Any, dict[str, Any]]:
+    """The part's gallery index (loaded when a matching one exists, else built) and facts
+    about it for the manifest (folder, reused, encoder key, size, skipped images, seconds)."""
+    from cir.index import GalleryIndex
+
+    folder = index_folder(cache_root, dataset, part, encoder)
+    fingerprint = gallery_fingerprint(part)
+    marker = _read_marker(folder)
+    started = time.perf_counter()
+    reused = marker.get("encoder") == encoder and marker.get("gallery") == fingerprint
+    if reused:
+        index = GalleryIndex.load(folder / "index", device=device)
+    else:
+        index = _build(part, encoder, folder, device, workers, progress)
+        skipped = [s.get("path", str(s)) for s in index.skipped]
+        _write_marker(folder, encoder, fingerprint, index.encoder_key, skipped)
+        marker = _read_marker(folder)
+    return index, {
+        "folder": str(folder),
+        "reused": reused,
+        "encoder": encoder,
+        "encoder_key": index.encoder_key,
+        "images": len(index),
+        "skipped": marker.get("skipped", []),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _build(part: Part, encoder_spec: str, folder: Path, device, workers: int, progress: bool):
+    """Encode the gallery, then store it under the benchmark's ids."""
+    from cir.index import GalleryIndex
+    from cir.models import load_encoder
+    from cir.resources import default_resources
+
+    encoder = default_resources.get(
+        ("encoder", encoder_spec, None, device, "default"),
+        lambda: load_encoder(encoder_spec, device=device),
+    )
+    raw_dir = folder / "raw"
+    raw = GalleryIndex.build(
+        list(part.gallery.values()), encoder, out=raw_dir, num_workers=workers, progress=progress
+    )
+    by_path = {str(Path(p).resolve()): gid for gid, p in part.gallery.items()}
+    ids = [by_path[str(raw.path(rid).resolve())] for rid in raw.ids]
+    index = GalleryIndex.from_embeddings(
+        ids,
+        raw.embeddings,
+        encoder=raw.encoder,
+        paths=[raw.path(rid) for rid in raw.ids],
+        dtype=raw.dtype,
+        normalize=False,
+        device=device,
+    )
+    index.skipped = raw.skipped
+    if len(index) == 0:
+        raise DataError(f"no gallery image of {part.name or 'the split'} could be read")
+    index.save(folder / "index")
+    shutil.rmtree(raw_dir, ignore_errors=True)
+    return index
+
+
+def _read_marker(folder: Path) -> dict[str, Any]:
+    path = folder / MARKER
+    if not path.is_file() or not (folder / "index").is_dir():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def _write_marker(folder: Path, encoder: str, fingerprint: str, key, skipped) -> None:
+    data = {"encoder": encoder, "encoder_key": key, "gallery": fingerprint, "skipped": skipped}
+    (folder / MARKER).write_text(json.dumps(data, indent=2), encoding="utf-8")

@@ -1,0 +1,313 @@
+"""``cir bench run``: a pipeline over a benchmark split, from gallery index to report.
+
+Steps: check the data; build (or reuse from the cache folder) one gallery index per
+(dataset, split, part, encoder); run the pipeline with the content cache, the benchmark's
+protocol set on every ``retrieve`` stage by overrides (so no pipeline needs editing); write the
+rankings in the official formats (validated first), the metrics for ``val``, a manifest and a
+report.
+
+Example:
+    >>> result = run_benchmark("cirr", "val", data_root="/data/cirr", pipeline="clip_fusion",
+    ...                        encoder="ViT-L-14/openai", out_dir="runs/cirr-clip")
+    >>> result.metrics["Recall@1"]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from cir.bench.datasets import BenchDataset, Part, Protocol, get_dataset
+from cir.bench.evaluate import score
+from cir.bench.gallery import gallery_index
+from cir.bench.manifest import StageTotals, build_manifest, write_manifest
+from cir.bench.metrics import subset_ranking
+from cir.bench.report import write_report
+from cir.bench.submission import write_submission
+from cir.errors import ConfigError, DataError
+from cir.types import QueryState
+
+
+@dataclass
+class BenchResult:
+    """What a benchmark run wrote and measured."""
+
+    out_dir: Path
+    files: list[Path]
+    metrics: dict[str, float]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, Any]:
+        """One flat JSON-ready object for ``--json``."""
+        totals = self.manifest.get("trace_totals", {})
+        return {
+            "out_dir": str(self.out_dir),
+            "queries": self.manifest.get("queries"),
+            "complete": self.manifest.get("complete"),
+            "index_reused": all(i["reused"] for i in self.manifest.get("indexes", {}).values()),
+            "cache_hit_rate": totals.get("cache_hit_rate"),
+            "fallbacks": totals.get("fallbacks"),
+            **self.metrics,
+        }
+
+
+def run_benchmark(
+    dataset: str,
+    split: str,
+    *,
+    data_root: str | Path,
+    pipeline: str | Path,
+    image_root: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    encoder: str | None = None,
+    text_rule: str | None = None,
+    categories: Sequence[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    no_cache: bool = False,
+    overrides: Sequence[str] = (),
+    preset: str | None = None,
+    device: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> BenchResult:
+    """Run ``pipeline`` on a benchmark split and write predictions, metrics, manifest, report.
+
+    Args:
+        dataset: ``circo``, ``cirr`` or ``fashioniq``.
+        split: ``val`` (scored locally) or ``test`` (submission files).
+        data_root / image_root: the official layout (see ``cir data check``).
+        pipeline: a shipped pipeline name or a YAML path.
+        out_dir: the run folder (default ``runs/<dataset>-<split>-<pipeline>-<time>``).
+        cache_dir: gallery indexes and the content cache (default: the cir cache folder).
+        encoder: the CLIP encoder of the gallery index (default: the first ``model`` an
+            ``encode_image``/``encode_text`` stage names).
+        limit: only the first N queries (the gallery stays whole; no submission is complete).
+        overrides / preset: as for ``cir search``; the dataset's preset applies by default.
+        workers: DataLoader workers for building an index.
+    """
+    ds = get_dataset(
+        dataset, data_root, image_root=image_root, text_rule=text_rule,
+        **({"categories": categories} if categories else {}),
+    )  # fmt: skip
+    started = time.perf_counter()
+    parts = _limit(ds.parts(split), limit)
+    _check_images(ds, split)
+    pipe, preset = _load(pipeline, overrides, preset, ds, parts)
+    encoder = encoder or _pipeline_encoder(pipe)
+    cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
+    cache = None if no_cache else _content_cache(cache_root)
+    out = Path(out_dir) if out_dir else _default_out(ds.name, split, pipe.name)
+    out.mkdir(parents=True, exist_ok=True)
+
+    outcome = _Outcome()
+    with (out / "queries.jsonl").open("w", encoding="utf-8") as details:
+        for part in parts:
+            index, info = gallery_index(
+                ds.name, part, encoder, cache_root, device, workers, progress
+            )
+            outcome.indexes[part.name or ds.name] = info
+            for states in _run_chunks(pipe, part, index, batch_size, cache, device, progress):
+                outcome.add(states, ds.protocol)
+                details.writelines(json.dumps(_detail(s)) + "\n" for s in states)
+    run_info = {
+        "dataset": ds.name,
+        "split": split,
+        "data_root": str(ds.data_root),
+        "image_root": str(ds.image_root),
+        "text_rule": ds.text_rule,
+        "protocol": vars(ds.protocol),
+        "complete": limit is None,
+        "preset": preset,
+        "overrides": list(overrides),
+        "index": {"encoder": encoder},
+        "indexes": outcome.indexes,
+        "content_cache": cache.stats.to_dict() if cache is not None else None,
+    }
+    return _write_outputs(ds, split, parts, pipe, outcome, out, run_info, started)
+
+
+@dataclass
+class _Outcome:
+    """What the pipeline produced: official-length rankings, subset rankings, trace sums."""
+
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    subsets: dict[str, list[str]] = field(default_factory=dict)
+    totals: StageTotals = field(default_factory=StageTotals)
+    indexes: dict[str, dict] = field(default_factory=dict)
+
+    def add(self, states: list[QueryState], protocol: Protocol) -> None:
+        for state in states:
+            if state.ranking is None:
+                raise ConfigError(
+                    "the pipeline produced no ranking; it must end with a retrieve stage"
+                )
+            ids = list(state.ranking.ids)
+            self.rankings[state.query.id] = ids[: protocol.k]
+            if protocol.subset_k:
+                self.subsets[state.query.id] = subset_ranking(ids, state.query, protocol.subset_k)
+        self.totals.add(states)
+
+
+def _write_outputs(ds, split, parts, pipe, outcome: _Outcome, out: Path, run_info, started):
+    """Rankings in the official formats, metrics (val), manifest and report."""
+    queries = [q for p in parts for q in p.queries]
+    files = write_submission(
+        ds.name, split, outcome.rankings, queries, out,
+        subset_rankings=outcome.subsets if ds.protocol.subset_k else None,
+        gallery=_gallery_ids(ds.name, parts), require_all=run_info["complete"],
+    )  # fmt: skip
+    files.append(out / "queries.jsonl")
+    metrics = {}
+    if split == "val":
+        metrics = score(ds.name, queries, outcome.rankings, outcome.subsets or None)
+        files.append(_write_json(out / "metrics.json", metrics))
+    run_info |= {
+        "queries": len(queries),
+        "seconds": round(time.perf_counter() - started, 3),
+        "metrics": metrics,
+    }
+    manifest = build_manifest(run_info, pipe, outcome.totals, ds.annotation_files(split))
+    manifest["files"] = [str(f) for f in files] + [str(out / "manifest.json")]
+    files.append(write_manifest(out / "manifest.json", manifest))
+    files.append(write_report(out, manifest))
+    return BenchResult(out, files, metrics, manifest)
+
+
+# ----------------------------------------------------------------------------- set-up
+def _limit(parts: list[Part], limit: int | None) -> list[Part]:
+    """The first ``limit`` queries over the parts in order (parts left empty are dropped)."""
+    if limit is None:
+        return parts
+    kept, left = [], limit
+    for part in parts:
+        if left <= 0:
+            break
+        kept.append(Part(part.name, part.queries[:left], part.gallery))
+        left -= len(kept[-1].queries)
+    return kept
+
+
+def _check_images(ds: BenchDataset, split: str) -> None:
+    missing, checked = ds.first_missing(split)
+    if missing is not None:
+        raise DataError(
+            f"{ds.name} {split}: {missing} is missing ({checked - 1} files present before it); "
+            f"the official protocol needs the whole gallery. Run `cir data check {ds.name} "
+            f"--data-root {ds.data_root}` to see the expected layout."
+        )
+
+
+def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part]):
+    """The pipeline with the dataset's preset (by default) and the protocol on every retrieve."""
+    from cir.pipeline import load_pipeline
+
+    first = load_pipeline(pipeline, overrides, preset)
+    if preset is None and ds.name in first.presets:
+        preset = ds.name
+    largest = max((len(p.gallery) for p in parts), default=0)
+    protocol = protocol_overrides(first, ds.protocol, largest)
+    return load_pipeline(pipeline, [*overrides, *protocol], preset), preset
+
+
+def protocol_overrides(pipe: Any, protocol: Protocol, gallery_size: int) -> list[str]:
+    """Overrides that make every ``retrieve`` stage follow the benchmark's protocol.
+
+    The reference is excluded (CIRR) or kept (CIRCO, FashionIQ) whatever the pipeline or its
+    preset says; rankings are at least the submission length, and cover the whole gallery
+    when a subset ranking (CIRR) is derived from them.
+    """
+    retrieves = [s for s in pipe.stages if s.name == "retrieve"]
+    if not retrieves:
+        raise ConfigError(
+            f"pipeline {pipe.name!r} has no retrieve stage, so it ranks nothing; "
+            "benchmarks need a pipeline that ends with `- stage: retrieve`"
+        )
+    need = max(gallery_size, protocol.k) if protocol.subset_k else protocol.k
+    out = []
+    for stage in retrieves:
+        flag = "true" if protocol.exclude_reference else "false"
+        out.append(f"stages.{stage.instance}.exclude_reference={flag}")
+        if stage.params.k < need:
+            out.append(f"stages.{stage.instance}.k={need}")
+    return out
+
+
+def _pipeline_encoder(pipe: Any) -> str:
+    for stage in pipe.stages:
+        if stage.name in ("encode_image", "encode_text"):
+            model = getattr(stage.params, "model", None)
+            if model:
+                return model
+    raise ConfigError(
+        f"pipeline {pipe.name!r} names no CLIP model (its encoders use the index's); "
+        "give the gallery encoder with --encoder, e.g. --encoder ViT-L-14/openai"
+    )
+
+
+def _default_cache_dir() -> Path:
+    from cir.cache import default_cache_dir
+
+    return default_cache_dir()
+
+
+def _content_cache(root: Path):
+    from cir.cache import ContentCache
+
+    return ContentCache(root)
+
+
+def _default_out(dataset: str, split: str, pipeline: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{dataset}-{split}-{pipeline or 'pipeline'}-{stamp}"
+
+
+# ----------------------------------------------------------------------------- running
+def _run_chunks(pipe, part: Part, index, batch_size, cache, device, progress):
+    """Run the part's queries a few batches at a time (rankings are kept, states dropped)."""
+    chunk = batch_size * 8
+    label = f"{pipe.name or 'pipeline'} {part.name}".strip()
+    with tqdm(total=len(part.queries), desc=label, disable=not progress, unit="query") as bar:
+        for start in range(0, len(part.queries), chunk):
+            queries = part.queries[start : start + chunk]
+            yield pipe.run(
+                queries, index, batch_size=batch_size, cache=cache, device=device, progress=False
+            )
+            bar.update(len(queries))
+
+
+def _detail(state: QueryState) -> dict[str, Any]:
+    """A compact per-query record: texts the stages wrote and the top 10."""
+    ranking = state.ranking
+    return {
+        "id": state.query.id,
+        "text": state.query.text,
+        "reference_id": state.query.reference_id,
+        "captions": state.captions,
+        "targets": state.targets,
+        "reasoning": state.reasoning,
+        "top10": list(ranking.ids[:10]) if ranking else [],
+        "target_id": state.query.extras.get("target_id"),
+    }
+
+
+def _gallery_ids(dataset: str, parts: list[Part]):
+    if dataset == "fashioniq":
+        return {p.name: set(p.gallery) for p in parts}
+    return set(parts[0].gallery) if parts else None
+
+
+def _write_json(path: Path, obj: Any) -> Path:
+    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    return path
+
+
+__all__ = ["BenchResult", "protocol_overrides", "run_benchmark"]

@@ -1,0 +1,190 @@
+"""``cir bench run`` end to end on miniature splits: real annotation entries, generated images,
+a tiny open_clip model loaded through the real code, the real index, cache and pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cir.bench.datasets import CIRR
+from cir.bench.evaluate import evaluate_files
+from cir.bench.manifest import file_sha256
+from cir.bench.placeholders import make_miniature
+from cir.bench.runner import run_benchmark
+from cir.bench.submission import validate_file
+from cir.cli import cli
+
+
+@pytest.fixture(scope="module")
+def workspace(benchmarks_root: Path, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    for name in ("circo", "cirr", "fashioniq"):
+        # 50 distractors: every gallery is large enough for top-50 submissions
+        make_miniature(name, benchmarks_root / name, root / name, n_queries=3, distractors=50)
+    return root
+
+
+def _run(workspace: Path, tiny_clip: str, dataset: str, split: str, out: str) -> dict:
+    args = [
+        "bench", "run", dataset, "--split", split,
+        "--data-root", str(workspace / dataset), "--pipeline", "clip_fusion",
+        "--encoder", tiny_clip, "--out", str(workspace / out),
+        "--cache-dir", str(workspace / "cache"), "--json",
+    ]  # fmt: skip
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)  # stdout holds one JSON object and nothing else
+
+
+def test_cirr_val_run_then_a_second_run_served_from_the_cache(workspace, tiny_clip) -> None:
+    first = _run(workspace, tiny_clip, "cirr", "val", "run1")
+    out = workspace / "run1"
+    for name in ("cirr_val_recall.json", "cirr_val_recall_subset.json", "metrics.json",
+                 "manifest.json", "report.md", "recall_at_k.png", "queries.jsonl"):  # fmt: skip
+        assert (out / name).is_file(), name
+    assert first["queries"] == 3 and not first["index_reused"]
+
+    # the metrics written equal a fresh evaluation of the prediction files
+    scored = evaluate_files(
+        "cirr", "val", workspace / "cirr",
+        [out / "cirr_val_recall.json", out / "cirr_val_recall_subset.json"],
+    )  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(scored.metrics)
+
+    # protocol: the reference never ranks; the subset holds group members only
+    queries = {q.id: q for q in CIRR(workspace / "cirr").queries("val")}
+    recall = json.loads((out / "cirr_val_recall.json").read_text())
+    subset = json.loads((out / "cirr_val_recall_subset.json").read_text())
+    for qid, q in queries.items():
+        assert len(recall[qid]) == 50 and q.reference_id not in recall[qid]
+        members = set(q.extras["group_members"]) - {q.reference_id}
+        assert len(subset[qid]) == 3 and set(subset[qid]) <= members
+        assert (
+            subset[qid] == [i for i in recall[qid] if i in members][:3]
+            or len([i for i in recall[qid] if i in members]) < 3
+        )
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["preset"] == "cirr" and manifest["protocol"]["exclude_reference"] is True
+    retrieve = manifest["pipeline"]["stages"][-1]["params"]
+    assert retrieve["exclude_reference"] is True and retrieve["k"] >= len(
+        CIRR(workspace / "cirr").gallery_names("val")
+    )
+    cap = workspace / "cirr" / "captions" / "cap.rc2.val.json"
+    assert manifest["annotations"][str(cap)] == file_sha256(cap)
+    assert "torch" in manifest["packages"] and tiny_clip in manifest["models"]
+    assert set(manifest["stages"]) == {"encode_image", "encode_text", "fuse", "retrieve"}
+    assert manifest["stages"]["encode_text"]["cache_misses"] == 3
+    assert all(s["seconds"] >= 0 for s in manifest["stages"].values())
+    report = (out / "report.md").read_text()
+    assert "| Recall_subset@1 |" in report and "![recall_at_k.png]" in report
+
+    second = _run(workspace, tiny_clip, "cirr", "val", "run2")
+    again = json.loads((workspace / "run2" / "manifest.json").read_text())
+    assert second["index_reused"] and second["cache_hit_rate"] == 1.0
+    assert again["stages"]["encode_text"]["cache_misses"] == 0  # no text encoder call
+    assert again["stages"]["encode_image"]["cache_hits"] == 3  # references from the index
+    assert again["content_cache"]["writes"] == 0
+    assert again["metrics"] == pytest.approx(manifest["metrics"])
+
+
+def test_cirr_and_circo_test_runs_write_valid_submissions(workspace, tiny_clip) -> None:
+    _run(workspace, tiny_clip, "cirr", "test", "cirr_test")
+    for metric in ("recall", "recall_subset"):
+        path = workspace / "cirr_test" / f"cirr_test_{metric}.json"
+        report = validate_file("cirr", "test", workspace / "cirr", path)
+        assert report.ok and report.kind == f"cirr/{metric}", report.summary()
+    assert not (workspace / "cirr_test" / "metrics.json").exists()
+
+    _run(workspace, tiny_clip, "circo", "test", "circo_test")
+    path = workspace / "circo_test" / "circo_test_submission.json"
+    report = validate_file("circo", "test", workspace / "circo", path)
+    assert report.ok and not report.warnings, report.summary()  # image ids checked too
+    manifest = json.loads((workspace / "circo_test" / "manifest.json").read_text())
+    assert manifest["protocol"]["exclude_reference"] is False
+    assert manifest["pipeline"]["stages"][-1]["params"]["exclude_reference"] is False
+
+
+def test_fashioniq_val_ranks_each_category_gallery(workspace, tiny_clip) -> None:
+    result = _run(workspace, tiny_clip, "fashioniq", "val", "fiq")
+    assert result["queries"] == 9
+    assert {"dress/Recall@10", "toptee/Recall@50", "average/Recall@50"} <= set(result)
+    manifest = json.loads((workspace / "fiq" / "manifest.json").read_text())
+    assert list(manifest["indexes"]) == ["dress", "shirt", "toptee"]
+    predictions = json.loads((workspace / "fiq" / "fashioniq_val_submission.json").read_text())
+    for category in ("dress", "shirt", "toptee"):
+        gallery = json.loads(
+            (workspace / "fashioniq" / "image_splits" / f"split.{category}.val.json").read_text()
+        )
+        ranked = predictions[f"{category}/0"]
+        assert len(ranked) == 50 and set(ranked) <= set(gallery)
+
+
+def test_limited_run_and_missing_images(workspace, tiny_clip) -> None:
+    result = run_benchmark(
+        "fashioniq", "val", data_root=workspace / "fashioniq", pipeline="clip_fusion",
+        encoder=tiny_clip, out_dir=workspace / "limited", cache_dir=workspace / "cache",
+        limit=4, progress=False,
+    )  # fmt: skip
+    assert result.manifest["complete"] is False and result.manifest["queries"] == 4
+    assert set(result.manifest["indexes"]) == {"dress", "shirt"}  # 3 dress + 1 shirt query
+    assert all(i["reused"] for i in result.manifest["indexes"].values())
+
+    victim = next((workspace / "circo" / "COCO2017_unlabeled" / "unlabeled2017").iterdir())
+    victim.rename(victim.with_suffix(".bak"))
+    try:
+        res = CliRunner().invoke(
+            cli,
+            ["bench", "run", "circo", "--data-root", str(workspace / "circo"),
+             "--pipeline", "clip_fusion", "--encoder", tiny_clip],
+        )  # fmt: skip
+        assert res.exit_code == 1 and "Traceback" not in res.output
+        assert victim.name in res.output and "cir data check circo" in res.output
+    finally:
+        victim.with_suffix(".bak").rename(victim)
+
+
+def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace, tiny_clip):
+    """CIReVL with scripted captioner and LLM: the second run asks no model anything."""
+    from cir.llm import load_backend
+    from cir.resources import default_resources
+
+    captioner = {"backend": "scripted", "default": "a photo of a thing", "name": "bench-cap"}
+    llm = {"backend": "scripted", "default": "Target Description: a red thing", "name": "bench-lm"}
+    overrides = [
+        f"stages.caption.captioner={json.dumps(captioner)}",
+        f"stages.recompose.llm={json.dumps(llm)}",
+    ]
+    runs = []
+    for out in ("cirevl1", "cirevl2"):
+        runs.append(
+            run_benchmark(
+                "circo",
+                "val",
+                data_root=workspace / "circo",
+                pipeline="cirevl",
+                encoder=tiny_clip,
+                out_dir=workspace / out,
+                cache_dir=workspace / "cache",
+                overrides=overrides,
+                progress=False,
+            )
+        )
+        if out == "cirevl1":
+            backends = [load_backend(spec, default_resources) for spec in (captioner, llm)]
+            assert [len(b.calls) for b in backends] == [3, 3]
+    assert [len(b.calls) for b in backends] == [3, 3]  # nothing asked the second time
+    first, second = (r.manifest for r in runs)
+    assert "general" in first["prompts"]["recompose"]["prompt"]
+    assert first["prompts"] == second["prompts"]
+    assert {"scripted:bench-cap", "scripted:bench-lm", tiny_clip} <= set(first["models"])
+    assert all(s["cache_misses"] == 0 for s in second["stages"].values())
+    assert second["trace_totals"]["cache_hit_rate"] == 1.0
+    # cirevl's circo preset asks to drop the reference; CIRCO's protocol keeps it
+    assert first["preset"] == "circo"
+    assert first["pipeline"]["stages"][-1]["params"]["exclude_reference"] is False
+    details = (workspace / "cirevl1" / "queries.jsonl").read_text().splitlines()
+    assert json.loads(details[0])["targets"] == ["a red thing"]
