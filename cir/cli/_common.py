@@ -19,6 +19,28 @@ device_option = click.option(
 )
 
 
+def cache_options(command):
+    """``--cache-dir DIR`` and ``--no-cache`` for commands that run pipelines."""
+    command = click.option(
+        "--no-cache", is_flag=True, help="Compute everything again; read and write no cache."
+    )(command)
+    return click.option(
+        "--cache-dir",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="Content cache folder (default: $CIR_CACHE_DIR or ~/.cache/cir).",
+    )(command)
+
+
+def open_cache(cache_dir: str | None, no_cache: bool):
+    """The content cache a command should use, or None when caching is turned off."""
+    if no_cache:
+        return None
+    from cir.cache import ContentCache
+
+    return ContentCache(cache_dir)
+
+
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     """A plain aligned text table."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]

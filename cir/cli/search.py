@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from cir.cli._common import device_option, format_table, overrides_option, preset_option
+from cir.cli._common import (
+    cache_options,
+    device_option,
+    format_table,
+    open_cache,
+    overrides_option,
+    preset_option,
+)
 from cir.errors import DataError
 from cir.types import Query
 
@@ -23,6 +30,7 @@ from cir.types import Query
 @overrides_option
 @preset_option
 @device_option
+@cache_options
 def search_command(
     index_dir: str,
     image: str | None,
@@ -34,6 +42,8 @@ def search_command(
     overrides: tuple[str, ...],
     preset: str | None,
     device: str | None,
+    cache_dir: str | None,
+    no_cache: bool,
 ) -> None:
     """Search INDEX for images like the reference, changed as TEXT says."""
     from cir.index import GalleryIndex
@@ -44,7 +54,8 @@ def search_command(
     pipe = load_pipeline(pipeline, overrides, preset)
     index = GalleryIndex.load(index_dir, device=device)
     query = Query(text, reference=image, reference_id=reference_id, id="query")
-    state = pipe.run([query], index, batch_size=1, device=device, progress=False)[0]
+    cache = open_cache(cache_dir, no_cache)
+    state = pipe.run([query], index, batch_size=1, cache=cache, device=device, progress=False)[0]
     ranking = state.ranking.top(k) if state.ranking else None
     if as_json:
         summary = state.summary()

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from cir.errors import DataError
-from cir.stages._encoders import resolve_encoder
+from cir.stages._encoders import cached_embeddings, encoder_cache_parts, resolve_encoder
 from cir.stages.base import Context, Stage, register_stage
-from cir.types import QueryState
+from cir.types import ImageLike, QueryState
 
 
 @dataclass(frozen=True)
@@ -52,24 +52,45 @@ class EncodeImage(Stage):
         self.encoder = resolve_encoder(
             ctx, self.instance, self.params.model, self.params.pretrained
         )
+        self._key_parts = encoder_cache_parts(self.name, self.encoder)
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         key = self.encoder.identity.key
-        pending: list[tuple[QueryState, object]] = []
+        pending: list[tuple[QueryState, ImageLike]] = []
         for state in states:
             stored = self._stored_embedding(state, ctx, key)
             if stored is not None:
                 self._write(state, stored, key)
-                self.record(state).cache_hits += 1
+                self.record(state).notes["reused_index_embedding"] = True
             else:
-                pending.append((state, _reference_image(state, ctx)))
+                pending.append((state, _reference_source(state, ctx)))
         if pending:
-            vectors = self.encoder.encode_images(
-                [img for _, img in pending], self.params.batch_size
-            )
-            for (state, _), vec in zip(pending, vectors, strict=True):
-                self._write(state, vec, key)
+            self._encode(pending, ctx, key)
         return states
+
+    def _encode(self, pending: list[tuple[QueryState, ImageLike]], ctx: Context, key: str) -> None:
+        from cir.cache import fingerprint_image
+        from cir.images import load_image
+
+        sources = [source for _, source in pending]
+        inputs = (
+            [{"image": fingerprint_image(s)} for s in sources]
+            if ctx.cache is not None
+            else [{}] * len(sources)
+        )
+        vectors, cached = cached_embeddings(
+            ctx.cache,
+            self._key_parts,
+            inputs,
+            lambda rows: self.encoder.encode_images(
+                [load_image(sources[i]) for i in rows], self.params.batch_size
+            ),
+        )
+        for (state, _), vector, hit in zip(pending, vectors, cached, strict=True):
+            self._write(state, vector, key)
+            record = self.record(state)
+            record.cache_hits += int(hit)
+            record.cache_misses += int(not hit)
 
     def _stored_embedding(self, state: QueryState, ctx: Context, key: str) -> torch.Tensor | None:
         ref_id, index = state.query.reference_id, ctx.index
@@ -84,13 +105,11 @@ class EncodeImage(Stage):
         state.encoders[self.params.output] = key
 
 
-def _reference_image(state: QueryState, ctx: Context):
-    """The query's reference image as an RGB PIL image (from the query or the index folder)."""
-    from cir.images import load_image
-
+def _reference_source(state: QueryState, ctx: Context) -> ImageLike:
+    """The query's reference image: its path or PIL image, or the index's file for its id."""
     query = state.query
     if query.reference is not None:
-        return load_image(query.reference)
+        return query.reference
     if query.reference_id is not None:
         index = ctx.index
         path = (
@@ -103,7 +122,7 @@ def _reference_image(state: QueryState, ctx: Context):
                 f"query {query.id!r}: reference_id {query.reference_id!r} is not an image of the "
                 "index (or the index keeps no image paths); pass Query(reference=<path>) instead"
             )
-        return load_image(path)
+        return path
     raise DataError(
         f"query {query.id!r} has no reference image, but stage encode_image needs one; "
         "give Query(reference=<path or PIL image>) or reference_id=<gallery id>"

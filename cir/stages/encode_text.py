@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cir.errors import ConfigError, DataError
-from cir.stages._encoders import resolve_encoder
+from cir.stages._encoders import cached_embeddings, encoder_cache_parts, resolve_encoder
 from cir.stages.base import Context, Stage, register_stage
 from cir.types import QueryState
 
@@ -62,22 +62,30 @@ class EncodeText(Stage):
         self.encoder = resolve_encoder(
             ctx, self.instance, self.params.model, self.params.pretrained
         )
+        self._key_parts = encoder_cache_parts(self.name, self.encoder)
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         texts_per_state = [self._texts(state) for state in states]
         flat = [self.params.template.format(text=t) for texts in texts_per_state for t in texts]
-        vectors = self.encode(flat, ctx, states)
+        vectors, cached = cached_embeddings(
+            ctx.cache,
+            self._key_parts,
+            [{"text": text} for text in flat],
+            lambda rows: self.encoder.encode_texts(
+                [flat[i] for i in rows], batch_size=self.params.batch_size
+            ),
+        )
         start = 0
         for state, texts in zip(states, texts_per_state, strict=True):
             block = vectors[start : start + len(texts)]
+            hits = sum(cached[start : start + len(texts)])
             start += len(texts)
+            record = self.record(state)
+            record.cache_hits += hits
+            record.cache_misses += len(texts) - hits
             state.embeddings[self.params.output] = self._shape(block)
             state.encoders[self.params.output] = self.encoder.identity.key
         return states
-
-    def encode(self, texts: list[str], ctx: Context, states: list[QueryState]) -> torch.Tensor:
-        """Embeddings of ``texts`` (one row each)."""
-        return self.encoder.encode_texts(texts, batch_size=self.params.batch_size)
 
     def _texts(self, state: QueryState) -> list[str]:
         source = self.params.source

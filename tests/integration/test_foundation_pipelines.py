@@ -61,9 +61,23 @@ def test_reference_by_gallery_id_reuses_the_stored_embedding(sample_index, sampl
     pipe = load_pipeline("clip_fusion", preset="cirr")
     by_id = pipe.run([Query(text, reference_id=name)], sample_index)[0]
     by_path = pipe.run([Query(text, reference=sample_photos / name)], sample_index)[0]
-    assert by_id.trace[0].cache_hits == 1
+    assert by_id.trace[0].notes == {"reused_index_embedding": True}
+    assert "reused_index_embedding" not in by_path.trace[0].notes
     assert name not in by_id.ranking.ids  # the cirr preset excludes the reference
     assert torch.allclose(by_id.embeddings["image"], by_path.embeddings["image"], atol=2e-3)
+
+
+def test_second_run_takes_every_embedding_from_the_cache(sample_index, sample_photos, tmp_path):
+    from cir.cache import ContentCache
+
+    cache = ContentCache(tmp_path / "cache")
+    pipe = load_pipeline("clip_fusion")
+    first = pipe.run(_queries(sample_photos), sample_index, cache=cache)
+    again = pipe.run(_queries(sample_photos), sample_index, cache=cache)
+    for before, after in zip(first, again, strict=True):
+        assert [r.cache_misses for r in before.trace[:2]] == [1, 1]
+        assert [(r.cache_hits, r.cache_misses) for r in after.trace[:2]] == [(1, 0), (1, 0)]
+        assert after.ranking == before.ranking
 
 
 def test_restrict_ranks_only_the_listed_ids(sample_index, sample_photos):

@@ -1,0 +1,460 @@
+"""A content-addressed cache of captions, LLM outputs and text embeddings.
+
+Every entry is stored under the sha256 of the *parts* that determine it: the stage, the model's
+identity (id + revision + backend), the prompt's hash, the sampling settings and a fingerprint of
+the input (image bytes hash, text). Change any part and the key changes; re-run the same thing
+and the answer comes back without asking the model.
+
+Storage is one SQLite database in WAL mode (``<dir>/cache.sqlite3``). SQLite gives what a cache
+shared by several processes needs without extra code: every write is a transaction, so an
+interrupted run leaves either the whole entry or nothing; readers never block the writer and one
+writer at a time is enforced by the database lock (with a busy timeout, so concurrent writers wait
+instead of failing); and the whole cache is one file that is easy to inspect, copy or delete.
+
+Values are JSON (captions, raw LLM texts) or tensors (embeddings, stored as safetensors bytes:
+no pickle, so importing someone else's cache file runs no code).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from cir.errors import DataError
+
+FILE_NAME = "cache.sqlite3"
+EXPORT_FORMAT = "cir-cache"
+EXPORT_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    model TEXT NOT NULL,
+    encoding TEXT NOT NULL,
+    value BLOB NOT NULL,
+    parts TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def default_cache_dir() -> Path:
+    """``$CIR_CACHE_DIR``, else ``$XDG_CACHE_HOME/cir``, else ``~/.cache/cir``."""
+    if os.environ.get("CIR_CACHE_DIR"):
+        return Path(os.environ["CIR_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "cir"
+
+
+def make_key(parts: Mapping[str, Any]) -> str:
+    """The sha256 of the canonical JSON of ``parts`` (key order does not matter)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_revision(name: str) -> str | None:
+    """For a model stored in a local folder or file, a hash of its files' names, sizes and times.
+
+    Put it in cache keys next to the model name, so replacing the weights at the same path
+    invalidates cached outputs. Hub names (nothing at that path) give None.
+    """
+    text = name.split(":", 1)[1] if name.startswith(("local-dir:", "hf:")) else name
+    if not text.strip():
+        return None
+    path = Path(text).expanduser()
+    try:
+        if not path.exists():
+            return None
+        files = [path] if path.is_file() else sorted(islice(path.rglob("*"), 2000))
+        digest = hashlib.sha256()
+        for file in files:
+            stat = file.stat()
+            digest.update(
+                f"{file.relative_to(path.parent)}:{stat.st_size}:{stat.st_mtime_ns};".encode()
+            )
+    except (OSError, ValueError):
+        return None
+    return digest.hexdigest()[:16]
+
+
+_IMAGE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def fingerprint_image(image: str | Path | Image.Image) -> str:
+    """A sha256 identifying an image: of the file's bytes for a path, of the pixels for a PIL image.
+
+    File hashes are remembered per (path, size, modification time), so a gallery is read once.
+
+    Example:
+        >>> fingerprint_image("photos/dress.jpg")[:12]
+        '3f0c9a1b77de'
+    """
+    if isinstance(image, Image.Image):
+        digest = hashlib.sha256(f"{image.mode}:{image.size}:".encode())
+        digest.update(image.tobytes())
+        return digest.hexdigest()
+    path = Path(image)
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"cannot read image {str(path)!r}: {exc.strerror}") from None
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _IMAGE_HASHES:
+        _IMAGE_HASHES[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _IMAGE_HASHES[memo]
+
+
+@dataclass
+class CacheStats:
+    """Lookups answered from the cache (hits), not found (misses), and entries written."""
+
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "hit_rate": round(self.hit_rate, 4)}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One value to store, with what it is and the parts its key is the hash of."""
+
+    parts: Mapping[str, Any]
+    value: Any
+    kind: str = "llm"
+
+    @property
+    def key(self) -> str:
+        return make_key(self.parts)
+
+
+class ContentCache:
+    """A content-addressed store shared by stages, benchmarks and processes.
+
+    Args:
+        location: a folder (the database is ``<folder>/cache.sqlite3``) or a ``.sqlite3`` file;
+            default :func:`default_cache_dir`.
+
+    Keys are built from parts with :func:`make_key`; ``parts`` should name at least ``stage``,
+    ``model`` and the inputs (``ContentCache.entry`` helps). ``stats`` counts hits and misses.
+
+    Example:
+        >>> cache = ContentCache("/tmp/cir-cache")
+        >>> parts = {"stage": "caption", "model": "blip", "image": fingerprint_image("a.jpg")}
+        >>> key = cache.put(CacheEntry(parts, ["a red dress"], kind="caption"))
+        >>> cache.get(key)
+        ['a red dress']
+        >>> cache.stats.hits
+        1
+    """
+
+    def __init__(self, location: str | Path | None = None) -> None:
+        location = Path(location).expanduser() if location else default_cache_dir()
+        self.path = (
+            location if location.suffix in (".sqlite3", ".sqlite", ".db") else location / FILE_NAME
+        )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DataError(
+                f"cannot create the cache folder {str(self.path.parent)!r}: {exc}"
+            ) from None
+        self.stats = CacheStats()
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        with self._connection() as conn:
+            conn.execute(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"ContentCache({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ connection
+    def _connection(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=60.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.DatabaseError as exc:
+                raise DataError(f"cannot open the cache {str(self.path)!r}: {exc}") from None
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's connection (others close when their threads end)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ read
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value under ``key``, or ``default`` (counted as a hit or a miss)."""
+        found = self.get_many([key])
+        return found.get(key, default)
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values found for ``keys`` (missing keys are absent from the result)."""
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, Any] = {}
+        conn = self._connection()
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT key, encoding, value FROM entries WHERE key IN ({marks})", chunk
+            ).fetchall()
+            for key, encoding, blob in rows:
+                found[key] = _decode(encoding, blob)
+        with self._lock:
+            self.stats.hits += len(found)
+            self.stats.misses += len(keys) - len(found)
+        return found
+
+    def __contains__(self, key: str) -> bool:
+        row = self._connection().execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def __len__(self) -> int:
+        return self._connection().execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+
+    # ------------------------------------------------------------------ write
+    def put(self, entry: CacheEntry) -> str:
+        """Store one entry; returns its key."""
+        return self.put_many([entry])[0]
+
+    def put_many(self, entries: Iterable[CacheEntry]) -> list[str]:
+        """Store entries in one transaction (all or nothing); returns their keys."""
+        rows = [_row(e) for e in entries]
+        with self._connection() as conn:
+            conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+        with self._lock:
+            self.stats.writes += len(rows)
+        return [row[0] for row in rows]
+
+    def clear(self, stage: str | None = None, kind: str | None = None) -> int:
+        """Delete entries (of one stage and/or kind when given); returns how many."""
+        where, args = _filter(stage, kind)
+        with self._connection() as conn:
+            removed = conn.execute(f"DELETE FROM entries{where}", args).rowcount
+        if stage is None and kind is None:
+            self._connection().execute("VACUUM")
+        return removed
+
+    # ------------------------------------------------------------------ inspect
+    def info(self) -> dict[str, Any]:
+        """Location, entry counts per (kind, stage, model), bytes stored, this session's stats."""
+        conn = self._connection()
+        groups = conn.execute(
+            "SELECT kind, stage, model, COUNT(*), SUM(LENGTH(value)) FROM entries "
+            "GROUP BY kind, stage, model ORDER BY kind, stage, model"
+        ).fetchall()
+        files = [self.path, Path(f"{self.path}-wal")]
+        return {
+            "path": str(self.path),
+            "entries": sum(g[3] for g in groups),
+            "value_bytes": int(sum(g[4] or 0 for g in groups)),
+            "file_bytes": sum(f.stat().st_size for f in files if f.exists()),
+            "groups": [
+                {"kind": k, "stage": s, "model": m, "entries": n, "value_bytes": int(b or 0)}
+                for k, s, m, n, b in groups
+            ],
+            "stats": self.stats.to_dict(),
+        }
+
+    def entries(self, stage: str | None = None, kind: str | None = None) -> Iterator[dict]:
+        """Every stored entry as a dict (key, kind, stage, model, parts, value, created)."""
+        for row in self._rows(stage, kind):
+            yield {**row, "value": _decode(row.pop("encoding"), row.pop("blob"))}
+
+    def _rows(self, stage: str | None, kind: str | None) -> Iterator[dict[str, Any]]:
+        where, args = _filter(stage, kind)
+        columns = ("key", "kind", "stage", "model", "encoding", "value", "parts", "created")
+        query = f"SELECT {', '.join(columns)} FROM entries{where} ORDER BY created, key"
+        for row in self._connection().execute(query, args):
+            entry = dict(zip(columns, row, strict=True))
+            entry["blob"], entry["parts"] = bytes(entry.pop("value")), json.loads(entry["parts"])
+            yield entry
+
+    # ------------------------------------------------------------------ share
+    def export(self, path: str | Path, stage: str | None = None, kind: str | None = None) -> int:
+        """Write entries to a self-describing JSON-lines file (gzip when it ends in ``.gz``).
+
+        The first line is a header (format, version, entry count); every other line is one entry
+        with its key, the parts the key hashes, and the value (JSON, or base64 safetensors for
+        tensors). The file appears only when complete. Returns the number of entries written.
+        """
+        path = Path(path)
+        where, args = _filter(stage, kind)
+        count = self._connection().execute(f"SELECT COUNT(*) FROM entries{where}", args)
+        header = {
+            "format": EXPORT_FORMAT,
+            "version": EXPORT_VERSION,
+            "entries": count.fetchone()[0],
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "filter": {"stage": stage, "kind": kind},
+            "about": "cir content cache: each line's key is the sha256 of its canonical `parts`",
+        }
+        tmp = path.with_name(path.name + ".partial")
+        with _open_text(tmp, "w", gz=path.name.endswith(".gz")) as out:
+            out.write(json.dumps(header) + "\n")
+            for row in self._rows(stage, kind):
+                blob = row.pop("blob")
+                row["value"] = (
+                    base64.b64encode(blob).decode("ascii")
+                    if row["encoding"] == "safetensors"
+                    else json.loads(blob.decode("utf-8"))
+                )
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+        return header["entries"]
+
+    def import_file(self, path: str | Path, overwrite: bool = False) -> int:
+        """Add the entries of an exported file; returns how many were added.
+
+        Every line's key is checked against its parts, so a damaged file is refused before
+        anything is written. Existing keys are kept unless ``overwrite``.
+        """
+        entries = list(_read_export(Path(path)))
+        rows = [
+            (e["key"], e["kind"], e["stage"], e["model"], e["encoding"], e["blob"],
+             json.dumps(e["parts"], sort_keys=True), e["created"])
+            for e in entries
+        ]  # fmt: skip
+        verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
+        with self._connection() as conn:
+            before = conn.total_changes
+            conn.executemany(f"{verb} INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+            added = conn.total_changes - before
+        return added
+
+
+# ---------------------------------------------------------------------- encoding helpers
+def _row(entry: CacheEntry) -> tuple:
+    encoding, blob = _encode(entry.value)
+    parts = dict(entry.parts)
+    return (
+        make_key(parts),
+        entry.kind,
+        str(parts.get("stage", "")),
+        str(parts.get("model", "")),
+        encoding,
+        blob,
+        json.dumps(parts, sort_keys=True, ensure_ascii=False),
+        time.time(),
+    )
+
+
+def _encode(value: Any) -> tuple[str, bytes]:
+    if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        from safetensors.torch import save as save_tensors
+
+        return "safetensors", save_tensors({"value": value.detach().cpu().contiguous()})
+    try:
+        return "json", json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except TypeError as exc:
+        raise TypeError(f"the cache stores JSON values or tensors: {exc}") from None
+
+
+def _decode(encoding: str, blob: bytes) -> Any:
+    if encoding == "safetensors":
+        from safetensors.torch import load as load_tensors
+
+        return load_tensors(bytes(blob))["value"]
+    return json.loads(bytes(blob).decode("utf-8"))
+
+
+def _filter(stage: str | None, kind: str | None) -> tuple[str, list[str]]:
+    clauses, args = [], []
+    for column, value in (("stage", stage), ("kind", kind)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _open_text(path: Path, mode: str, gz: bool | None = None):
+    if path.name.endswith(".gz") if gz is None else gz:
+        return gzip.open(path, mode + "t", encoding="utf-8")
+    return open(path, mode, encoding="utf-8")
+
+
+def _read_export(path: Path) -> Iterator[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"cache file {str(path)!r} does not exist")
+    try:
+        with _open_text(path, "r") as src:
+            lines = src.read().splitlines()
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise DataError(f"cannot read cache file {str(path)!r}: {exc}") from None
+    header = _json_line(lines[0] if lines else "", path, 1)
+    if header.get("format") != EXPORT_FORMAT or header.get("version") != EXPORT_VERSION:
+        raise DataError(
+            f"{path} is not a cir cache export (format {EXPORT_FORMAT!r} "
+            f"version {EXPORT_VERSION}); make one with `cir cache export FILE`"
+        )
+    out = []
+    for number, line in enumerate(lines[1:], start=2):
+        out.append(_import_entry(_json_line(line, path, number), path, number))
+    if len(out) != header.get("entries"):
+        raise DataError(
+            f"{path}: header promises {header.get('entries')} entries, file has {len(out)}"
+        )
+    return iter(out)
+
+
+def _json_line(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}, line {number}: not a JSON object; the file is damaged")
+    return value
+
+
+def _check_tensor(blob: bytes, path: Path, number: int) -> None:
+    from safetensors.torch import load as load_tensors
+
+    try:
+        load_tensors(blob)
+    except Exception as exc:  # safetensors raises its own error type
+        raise DataError(f"{path}, line {number}: tensor value does not load ({exc})") from None
+
+
+def _import_entry(line: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
+    try:
+        parts, encoding = line["parts"], line["encoding"]
+        if make_key(parts) != line["key"]:
+            raise DataError(f"{path}, line {number}: key does not match its parts; refused")
+        if encoding == "safetensors":
+            blob = base64.b64decode(line["value"])
+            _check_tensor(blob, path, number)
+        elif encoding == "json":
+            blob = json.dumps(line["value"], ensure_ascii=False).encode("utf-8")
+        else:
+            raise DataError(f"{path}, line {number}: unknown encoding {encoding!r}")
+        return {**line, "blob": blob, "created": float(line.get("created", time.time()))}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}, line {number}: malformed entry ({exc})") from None
