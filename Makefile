@@ -23,9 +23,10 @@ search: $(STAMP)
 	$(BIN)/python examples/quickstart.py $(if $(MODEL),--model "$(MODEL)")
 
 test: $(STAMP)
-	bash scripts/setup_vllm_env.sh
 	bash scripts/setup_browser.sh
-	$(BIN)/python -m pytest --run-vllm --run-browser
+	$(BIN)/python -m pytest --run-browser
+	bash scripts/setup_vllm_env.sh
+	.venv-vllm/bin/python -m pytest tests/vllm --run-vllm -p no:cacheprovider
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest

@@ -24,7 +24,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for group, why in _GROUPS.items():
-            if group in item.keywords and not config.getoption(f"--run-{group}"):
+            marked = item.get_closest_marker(group) is not None
+            if marked and not config.getoption(f"--run-{group}"):
                 item.add_marker(pytest.mark.skip(reason=f"{why}; run with --run-{group}"))
 
 
