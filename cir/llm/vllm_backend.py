@@ -103,17 +103,26 @@ class VLLMBackend:
         requests = check_batch("VLLMBackend", requests)
         if not requests:
             return []
-        params = [_sampling_params(req) for req in requests]
         try:
+            params = [_sampling_params(req) for req in requests]
             if self.options.use_chat_template:
                 conversations = [[_message(m) for m in req.messages] for req in requests]
                 outputs = self.engine.chat(conversations, sampling_params=params, use_tqdm=False)
             else:
                 prompts = [_raw_prompt(req) for req in requests]
                 outputs = self.engine.generate(prompts, sampling_params=params, use_tqdm=False)
-        except ValueError as exc:  # vLLM reports bad prompts (too long, too many images) so
+        except (ValueError, *_client_errors()) as exc:  # bad prompts or sampling settings
             raise BackendError(f"vLLM refused the batch for {self.options.model}: {exc}") from exc
         return [_generation(out, req) for out, req in zip(outputs, requests, strict=True)]
+
+
+def _client_errors() -> tuple[type[Exception], ...]:
+    """vLLM's errors about a request the caller got wrong (not all are ValueErrors)."""
+    try:
+        from vllm.exceptions import VLLMClientError
+    except ImportError:  # older vLLM releases raise ValueError only
+        return ()
+    return (VLLMClientError,)
 
 
 def _sampling_params(req: ChatRequest):

@@ -213,12 +213,9 @@ class Rerank(Stage):
     def _ordered(
         self, states: list[QueryState], ctx: Context, make_ask: Callable[[QueryState], Ask]
     ) -> None:
-        asks = [make_ask(state) for state in states]
-        for count, members in _by_image_count(asks).items():
-            generator = self._generator(ctx, _with_images(self.prompt, count))
-            answers = generator.run([asks[i] for i in members])
-            for i, answer in zip(members, answers, strict=True):
-                self._apply_order(states[i], answer)
+        answers = self._generator(ctx, self.prompt).run([make_ask(state) for state in states])
+        for state, answer in zip(states, answers, strict=True):
+            self._apply_order(state, answer)
 
     def _apply_order(self, state: QueryState, answer: Answer) -> None:
         parsed: ParsedOrder | None = answer.value
@@ -356,15 +353,3 @@ def _order_parser(count: int) -> Callable[[str], ParsedOrder]:
         return parsed
 
     return parse
-
-
-def _by_image_count(asks: list[Ask]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, ask in enumerate(asks):
-        groups.setdefault(len(ask.images), []).append(i)
-    return groups
-
-
-def _with_images(prompt: Prompt, count: int) -> Prompt:
-    """The prompt taking ``count`` images (listwise sends 1 + number of candidates)."""
-    return prompt if prompt.images == count else dataclasses.replace(prompt, images=count)
