@@ -1,0 +1,148 @@
+"""``cir index build`` and ``cir index info``: make a gallery index and describe one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cir.cli._common import format_table
+
+
+@click.group("index")
+def index_group() -> None:
+    """Build and inspect gallery indexes."""
+
+
+@index_group.command("build")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    required=True,
+    help="Encoder: ViT-B-32/openai, hf-hub:org/repo, "
+    "local-dir:/path, a Hugging Face id or a local folder.",
+)
+@click.option("--pretrained", default=None, help="open_clip weights tag (e.g. openai).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Index folder.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Processes decoding images (0: decode in the main process).",
+)
+@click.option("--device", default=None, help="cuda, cuda:1 or cpu; automatic by default.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp16", "bf16", "fp32"]),
+    default="fp16",
+    show_default=True,
+    help="Storage dtype of the embeddings.",
+)
+@click.option(
+    "--preprocessing",
+    type=click.Choice(["default", "targetpad"]),
+    default="default",
+    show_default=True,
+    help="Image preprocessing (targetpad as in CIReVL).",
+)
+@click.option(
+    "--shard-size",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Images per shard written while building.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Skip images with more pixels than this (decompression-bomb guard).",
+)
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    show_default=True,
+    help="Continue an interrupted build in --out.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def build_command(
+    folder: Path,
+    model: str,
+    pretrained: str | None,
+    out: Path,
+    batch_size: int,
+    workers: int,
+    device: str | None,
+    dtype: str,
+    preprocessing: str,
+    shard_size: int,
+    max_pixels: int | None,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """Encode the images under FOLDER (recursively) into an index at --out."""
+    from cir.index import GalleryIndex
+    from cir.index.build import scan
+    from cir.models import load_encoder
+
+    scan(folder)  # a missing or empty folder fails before a model is loaded
+    encoder = load_encoder(model, pretrained=pretrained, device=device, preprocessing=preprocessing)
+    idx = GalleryIndex.build(
+        folder,
+        encoder,
+        out=out,
+        batch_size=batch_size,
+        num_workers=workers,
+        shard_size=shard_size,
+        resume=resume,
+        dtype=dtype,
+        max_pixels=max_pixels,
+        progress=progress,
+    )
+    click.echo(
+        f"indexed {len(idx)} images ({idx.dim}-d, {idx.dtype}) with "
+        f"{encoder.identity.key} into {out}"
+    )
+    if idx.skipped:
+        click.echo(f"skipped {len(idx.skipped)} unreadable file(s) (listed in {out}/skipped.json):")
+        for entry in idx.skipped[:10]:
+            click.echo(f"  {entry['path']}: {entry['reason']}")
+        if len(idx.skipped) > 10:
+            click.echo(f"  ... and {len(idx.skipped) - 10} more")
+
+
+@index_group.command("info")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def info_command(directory: Path, as_json: bool) -> None:
+    """Describe the index in DIRECTORY: size, encoder, storage, skipped files."""
+    from cir.index.store import read_manifest
+
+    manifest = read_manifest(directory)
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    enc = manifest.get("encoder") or {}
+    size = sum(manifest.get("sizes", {}).values())
+    rows = [
+        ["images", str(manifest["count"])],
+        ["dimension", str(manifest["dim"])],
+        ["storage", f"{manifest['dtype']}, {size / 2**20:.1f} MiB on disk"],
+        ["encoder", enc.get("key", "(unknown)")],
+        ["model spec", enc.get("spec", "-")],
+        ["preprocessing", manifest.get("preprocessing") or "-"],
+        ["gallery folder", manifest.get("root") or "-"],
+        ["sidecars", ", ".join(manifest.get("sidecars", {})) or "-"],
+        ["skipped files", str(manifest.get("skipped", 0))],
+        [
+            "created",
+            f"{manifest['created'].get('time')} (cir {manifest['created'].get('cir_version')})",
+        ],
+    ]
+    click.echo(format_table(["field", "value"], rows))
+
+
+COMMANDS = [index_group]

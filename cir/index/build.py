@@ -1,0 +1,292 @@
+"""Encode an image folder into a GalleryIndex: DataLoader workers decode, the model eats batches.
+
+Ids are image paths relative to the gallery folder, in posix form (``shoes/red.jpg``); for a list
+of paths the folder is their deepest common parent. Encoded rows are written to
+``<out>/build/shard-NNNNN.*`` as the build goes; a build that is interrupted (killed, crashed,
+Ctrl-C) is resumed by running it again with ``resume=True``: images of complete shards whose file
+size and modification time are unchanged are not encoded again. When every image is done the index
+is saved atomically into ``out`` and the shards are removed.
+
+Unreadable files (missing, empty, not an image, truncated or corrupt, oversized) are skipped and
+listed in ``idx.skipped`` / ``<out>/skipped.json``; the build never aborts on one bad file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from cir.errors import DataError
+from cir.images import IMAGE_EXTENSIONS, load_image
+from cir.index import store
+from cir.index.gallery import GalleryIndex
+
+BUILD_DIR = "build"
+STATE = "state.json"
+
+
+class BuildInterrupted(RuntimeError):
+    """Raised by the ``interrupt_after_shards`` hook, to test resuming a build."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def scan(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[Item]]:
+    """The gallery root and its images (sorted by id), from a folder or a list of paths."""
+    if isinstance(source, str | Path):
+        root = Path(source).expanduser().resolve()
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise DataError(f"gallery folder {root} {what}; give a folder of images")
+        files = [p for p in root.rglob("*") if _is_image_file(p, root)]
+        if not files:
+            raise DataError(
+                f"no image files under {root} (looked recursively for "
+                f"{', '.join(IMAGE_EXTENSIONS)}); point to the folder that holds the images"
+            )
+    else:
+        files = [Path(p).expanduser().resolve() for p in source]
+        if not files:
+            raise DataError("the list of image paths is empty; give at least one image")
+        dups = sorted({str(p) for p in files if files.count(p) > 1})
+        if dups:
+            raise DataError(f"image paths listed twice: {dups[:5]}; give each image once")
+        root = Path(os.path.commonpath([p.parent for p in files]))
+    items = [_item(root, p) for p in files]
+    return root, sorted(items, key=lambda it: it.id)
+
+
+def _is_image_file(path: Path, root: Path) -> bool:
+    rel = path.relative_to(root).parts
+    hidden = any(part.startswith(".") for part in rel)
+    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+
+
+def _item(root: Path, path: Path) -> Item:
+    try:
+        st = path.stat()
+        size, mtime = st.st_size, st.st_mtime_ns
+    except OSError:
+        size, mtime = -1, -1
+    return Item(path.relative_to(root).as_posix(), str(path), size, mtime)
+
+
+class _Images(Dataset):
+    """Decodes and preprocesses in worker processes; bad files come back as their reason."""
+
+    def __init__(self, items: list[Item], preprocess: Any, max_pixels: int | None) -> None:
+        self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, n: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            return n, self.preprocess(load_image(self.items[n].path, self.max_pixels)), None
+        except DataError as exc:
+            return n, None, str(exc).removeprefix(f"{self.items[n].path}: ")
+        except Exception as exc:  # a preprocessing failure on one file must not stop the build
+            return n, None, f"cannot preprocess ({type(exc).__name__}: {exc})"
+
+
+def _collate(batch: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    good = [(n, t) for n, t, err in batch if err is None]
+    bad = [(n, err) for n, _, err in batch if err is not None]
+    pixels = torch.stack([t for _, t in good]) if good else None
+    return [n for n, _ in good], pixels, bad
+
+
+def build_index(
+    source: str | Path | Sequence[str | Path],
+    encoder: Any,
+    out: str | Path,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    shard_size: int = 2048,
+    resume: bool = True,
+    dtype: str = "fp16",
+    max_pixels: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    interrupt_after_shards: int | None = None,
+) -> GalleryIndex:
+    """Encode a gallery into an index saved in ``out``.
+
+    Args:
+        source: a folder (searched recursively) or a list of image paths.
+        encoder: an encoder from :func:`cir.models.load_encoder`, or a model name for it.
+        out: the index folder (shards go to ``out/build`` while building).
+        batch_size: images per model call.
+        num_workers: DataLoader worker processes that decode and preprocess (0: in process).
+        shard_size: images per shard (a resumed build redoes at most one shard).
+        resume: reuse complete shards of an interrupted build in ``out``.
+        dtype: storage dtype of the index (``fp16``, ``bf16``, ``fp32``).
+        max_pixels: skip images larger than this (default :data:`cir.images.DEFAULT_MAX_PIXELS`).
+        device: device for a model given by name.
+        progress: show a progress bar.
+        interrupt_after_shards: testing hook: stop with :class:`BuildInterrupted` after this
+            many new shards.
+
+    Raises:
+        DataError: missing or empty folder, or no readable image at all.
+    """
+    if isinstance(encoder, str):
+        from cir.models import load_encoder
+
+        encoder = load_encoder(encoder, device=device)
+    if batch_size < 1 or num_workers < 0 or shard_size < 1:
+        raise DataError("batch_size and shard_size must be >= 1 and num_workers >= 0")
+    root, items = scan(source)
+    folder = Path(out)
+    work = folder / BUILD_DIR
+    done, skipped = _start(work, encoder, resume)
+    todo = [it for it in items if it.path not in done and it.path not in skipped]
+    shards = _Shards(work, len(list(work.glob("shard-*.json"))), dtype)
+    bar = tqdm(
+        total=len(items),
+        initial=len(items) - len(todo),
+        disable=not progress,
+        unit="img",
+        desc="encoding gallery",
+    )
+    loader = DataLoader(
+        _Images(todo, encoder.preprocess, max_pixels),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_collate,
+        pin_memory=torch.cuda.is_available() and str(getattr(encoder, "device", "")) != "cpu",
+        persistent_workers=False,
+    )
+    per_shard = max(1, round(shard_size / batch_size))
+    for step, (good, pixels, bad) in enumerate(loader, start=1):
+        if pixels is not None:
+            shards.add_rows([todo[n] for n in good], encoder.encode_pixels(pixels))
+        shards.add_skips([(todo[n], reason) for n, reason in bad])
+        bar.update(len(good) + len(bad))
+        if step % per_shard == 0 and shards.flush() and interrupt_after_shards == shards.written:
+            raise BuildInterrupted(f"stopped after {shards.written} shards (testing hook)")
+    shards.flush()
+    bar.close()
+    return _finish(folder, root, items, encoder, dtype)
+
+
+def _start(work: Path, encoder: Any, resume: bool) -> tuple[dict, dict]:
+    """Prepare ``work``; return the rows and skips of complete shards when resuming."""
+    identity = {**encoder.identity.to_dict(), "key": encoder.identity.key}
+    state_path = work / STATE
+    if resume and state_path.is_file():
+        state = json.loads(state_path.read_text())
+        if state["encoder"]["key"] != identity["key"] or state["encoder"].get(
+            "preprocessing"
+        ) != identity.get("preprocessing"):
+            raise DataError(
+                f"{work.parent} holds an unfinished build made with {state['encoder']['key']!r} "
+                f"({state['encoder'].get('preprocessing')}), not {identity['key']!r} "
+                f"({identity.get('preprocessing')}); use the same model, another --out, "
+                "or --no-resume to start over"
+            )
+        return _read_shards(work)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    store.write_json(state_path, {"encoder": identity})
+    return {}, {}
+
+
+def _read_shards(work: Path) -> tuple[dict, dict]:
+    done: dict[str, tuple[Item, torch.Tensor]] = {}
+    skipped: dict[str, tuple[Item, str]] = {}
+    for meta_path in sorted(work.glob("shard-*.json")):
+        meta = json.loads(meta_path.read_text())
+        rows = store._load_tensors(work / meta["tensors"], mmap=True)["embeddings"]
+        for n, entry in enumerate(meta["rows"]):
+            item = Item(**entry)
+            if _unchanged(item):
+                done[item.path] = (item, rows[n])
+        for entry in meta["skipped"]:
+            item = Item(**entry["item"])
+            if _unchanged(item):
+                skipped[item.path] = (item, entry["reason"])
+    return done, skipped
+
+
+def _unchanged(item: Item) -> bool:
+    try:
+        st = os.stat(item.path)
+    except OSError:
+        return False
+    return (st.st_size, st.st_mtime_ns) == (item.size, item.mtime_ns)
+
+
+class _Shards:
+    """Collects encoded rows and skips; each flush writes one shard (tensors first, json last)."""
+
+    def __init__(self, work: Path, existing: int, dtype: str) -> None:
+        self.work, self.next, self.written, self.dtype = work, existing, 0, dtype
+        self.items: list[Item] = []
+        self.rows: list[torch.Tensor] = []
+        self.skips: list[tuple[Item, str]] = []
+
+    def add_rows(self, items: list[Item], rows: torch.Tensor) -> None:
+        self.items.extend(items)
+        self.rows.append(rows.to(store.DTYPES[self.dtype]))
+
+    def add_skips(self, skips: list[tuple[Item, str]]) -> None:
+        self.skips.extend(skips)
+
+    def flush(self) -> bool:
+        if not self.items and not self.skips:
+            return False
+        name = f"shard-{self.next:05d}"
+        rows = torch.cat(self.rows) if self.rows else torch.empty(0, 0)
+        store._save_tensors(self.work / f"{name}.safetensors", {"embeddings": rows})
+        meta = {
+            "tensors": f"{name}.safetensors",
+            "rows": [vars(it) for it in self.items],
+            "skipped": [{"item": vars(it), "reason": r} for it, r in self.skips],
+        }
+        store.write_json(self.work / f"{name}.json", meta)
+        self.items, self.rows, self.skips = [], [], []
+        self.next += 1
+        self.written += 1
+        return True
+
+
+def _finish(folder: Path, root: Path, items: list[Item], encoder: Any, dtype: str) -> GalleryIndex:
+    work = folder / BUILD_DIR
+    done, skipped = _read_shards(work)
+    good = [it for it in items if it.path in done]
+    report = [
+        {"path": it.path, "reason": skipped[it.path][1]} for it in items if it.path in skipped
+    ]
+    report += [
+        {"path": it.path, "reason": "changed or vanished during the build"}
+        for it in items
+        if it.path not in done and it.path not in skipped
+    ]
+    if not good:
+        reasons = "; ".join(f"{Path(r['path']).name}: {r['reason']}" for r in report[:5])
+        raise DataError(f"no readable image among the {len(items)} files under {root} ({reasons})")
+    emb = torch.stack([done[it.path][1] for it in good]).to(store.DTYPES[dtype])
+    idx = GalleryIndex(
+        [it.id for it in good], emb, encoder.identity, [it.id for it in good], root, device="cpu"
+    )
+    idx.skipped = report
+    idx.save(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    return GalleryIndex.load(folder)

@@ -1,0 +1,74 @@
+"""A compact table of gallery ids: about 24 bytes per id plus its UTF-8 text.
+
+A Python list plus a dict of a million short ids costs about 200 bytes per id, as much as a
+128-d fp16 embedding. Here the ids are one UTF-8 buffer with offsets, and lookups go through a
+sorted array of the ids' hashes (collisions are resolved by comparing the text).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+
+class IdTable:
+    """Ids by position and positions by id.
+
+    Example:
+        >>> table = IdTable(["a.jpg", "b.jpg"])
+        >>> table[1], table.find("a.jpg"), table.find("zzz")
+        ('b.jpg', 0, -1)
+    """
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        encoded = [i.encode() for i in ids]
+        self._blob = b"".join(encoded)
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
+        hashes = np.fromiter((hash(i) for i in ids), dtype=np.int64, count=len(encoded))
+        self._order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[self._order]
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, position: int) -> str:
+        start, stop = self._offsets[position], self._offsets[position + 1]
+        return self._blob[start:stop].decode()
+
+    def __contains__(self, id: object) -> bool:
+        return isinstance(id, str) and self.find(id) >= 0
+
+    def find(self, id: str) -> int:
+        """The position of ``id``, or -1."""
+        h = hash(id)
+        lo = int(np.searchsorted(self._hashes, h, side="left"))
+        while lo < len(self._hashes) and self._hashes[lo] == h:
+            position = int(self._order[lo])
+            if self[position] == id:
+                return position
+            lo += 1
+        return -1
+
+    def lookup(self, ids: Iterable[str]) -> dict[str, int]:
+        """Positions of the known ``ids`` (unknown ones are left out)."""
+        found = {}
+        for i in ids:
+            position = self.find(i)
+            if position >= 0:
+                found[i] = position
+        return found
+
+    def tolist(self) -> list[str]:
+        text, offsets = self._blob, self._offsets.tolist()
+        return [text[a:b].decode() for a, b in itertools.pairwise(offsets)]
+
+    def take(self, positions: Iterable[int]) -> list[str]:
+        """The ids at ``positions``."""
+        text, offsets = self._blob, self._offsets
+        return [text[offsets[p] : offsets[p + 1]].decode() for p in positions]
+
+    def nbytes(self) -> int:
+        return len(self._blob) + self._offsets.nbytes + self._order.nbytes + self._hashes.nbytes
