@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
 from cir.errors import DataError
+from cir.scoring import apply_hub_penalty, hub_penalty
+from cir.scoring.rules import GalleryRule, RuleInputs, make_rule
 from cir.stages.base import Context, Stage, register_stage
 from cir.stages.encode_text import as_query_vector
 from cir.types import QueryState
@@ -19,10 +23,22 @@ class RetrieveParams:
     exclude_reference: bool = False
     restrict_key: str | None = None
     allow_encoder_mismatch: bool = False
+    rule: str = "dot"
+    rule_params: dict[str, Any] = field(default_factory=dict)
+    hubness: Literal["none", "inverted_softmax", "csls"] = "none"
+    hubness_bank: str = "captions"
+    hubness_bank_size: int = 4096
+    hubness_temperature: float = 0.05
+    hubness_k: int = 10
+    chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.hubness_bank_size < 1 or self.hubness_k < 1 or self.hubness_temperature <= 0:
+            raise ValueError("hubness_bank_size and hubness_k must be >= 1, temperature > 0")
+        if self.chunk_rows is not None and self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
 
 
 @register_stage
@@ -33,21 +49,35 @@ class Retrieve(Stage):
     protocol); ``restrict_key`` names a ``Query.extras`` entry listing the only ids to rank
     (CIRR's subset protocol). All queries of a batch are scored in one chunked pass.
 
+    ``rule`` picks a gallery scoring rule from ``cir.scoring.rules`` (``dot``: cosine, the
+    default; ``weimocir``, ``seize``, ``basic``), configured by ``rule_params``. ``hubness``
+    corrects gallery hubs with a bank of generic caption embeddings (the sidecar
+    ``hubness_bank``, at most ``hubness_bank_size`` rows): ``inverted_softmax`` or ``csls``
+    (see ``docs/scoring.md``; no published CIR pipeline uses it).
+
     Example:
         >>> Retrieve(query="query", k=50, exclude_reference=True)
+        >>> Retrieve(query="query", rule="weimocir", rule_params={"beta": 0.1})
     """
 
     name = "retrieve"
     Params = RetrieveParams
 
+    def __init__(self, instance: str | None = None, **params: Any) -> None:
+        super().__init__(instance, **params)
+        where = f"stage {self.instance!r}"
+        self.rule: GalleryRule = make_rule(self.params.rule, self.params.rule_params, where)
+
     @property
     def reads(self) -> tuple[str, ...]:
-        return (f"embeddings.{self.params.query}",)
+        return self.rule.reads(self.params.query)
 
     writes = ("ranking",)
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         index = ctx.require_index(self.instance)
+        if self.params.rule != "dot" or self.params.hubness != "none":
+            return self._run_rule(states, index)
         name = self.params.query
         queries = torch.stack(
             [as_query_vector(s.embeddings[name], name, self.instance) for s in states]
@@ -63,6 +93,69 @@ class Retrieve(Stage):
         for state, ranking in zip(states, rankings, strict=True):
             state.ranking = ranking
         return states
+
+    def _run_rule(self, states: list[QueryState], index) -> list[QueryState]:
+        name = self.params.query
+        index.check_encoder(states[0].encoders.get(name), self.params.allow_encoder_mismatch)
+        inputs = RuleInputs(
+            states=states,
+            query=name,
+            sidecar=index.sidecar,
+            reference_row=lambda i: _reference_row(index, states[i]),
+            fallback=lambda i, why: self._fallback(states[i], why),
+            device=index.device,
+        )
+        score_fn = self._with_hubness(self.rule.build(inputs), index)
+        rankings = index.topk(
+            score_fn,
+            len(states),
+            k=self.params.k,
+            exclude=self._exclude(states),
+            restrict=self._restrict(states),
+            chunk_rows=self.params.chunk_rows,
+        )
+        for state, ranking in zip(states, rankings, strict=True):
+            state.ranking = ranking
+            self.record(state).notes["rule"] = self.params.rule
+        return states
+
+    def _with_hubness(self, score_fn, index):
+        p = self.params
+        if p.hubness == "none":
+            return score_fn
+        penalty = self._hub_penalty(index)
+
+        def corrected(start: int, stop: int, chunk: torch.Tensor) -> torch.Tensor:
+            scores = score_fn(start, stop, chunk)
+            return apply_hub_penalty(scores, penalty[start:stop], p.hubness, p.hubness_temperature)
+
+        return corrected
+
+    def _hub_penalty(self, index) -> torch.Tensor:
+        """Each gallery item's bank term, computed once per index (it ignores the queries)."""
+        p = self.params
+        key = (id(index), len(index), index.sidecars)
+        cached = getattr(self, "_penalty", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        bank = hubness_bank(index, p.hubness_bank, p.hubness_bank_size)
+        parts = [
+            hub_penalty(
+                bank,
+                index.embeddings[s : s + 65536].float(),
+                p.hubness,
+                p.hubness_temperature,
+                p.hubness_k,
+            )
+            for s in range(0, len(index), 65536)
+        ]
+        self._penalty = (key, torch.cat(parts))
+        return self._penalty[1]
+
+    def _fallback(self, state: QueryState, reason: str) -> None:
+        record = self.record(state)
+        record.fallbacks += 1
+        record.notes["fallback"] = reason
 
     def _exclude(self, states: list[QueryState]) -> list[set[str]] | None:
         if not self.params.exclude_reference:
@@ -80,3 +173,22 @@ class Retrieve(Stage):
                 f"but queries {', '.join(missing[:5])} have no such entry"
             )
         return [list(s.query.extras[key]) for s in states]
+
+
+def hubness_bank(index, name: str, size: int) -> torch.Tensor:
+    """At most ``size`` evenly spaced, normalised rows of sidecar ``name`` as an (M, D) bank."""
+    tensor, _ = index.sidecar(name)
+    flat = tensor.reshape(-1, tensor.shape[-1])
+    if flat.shape[-1] != index.dim:
+        raise DataError(
+            f"hubness bank {name!r} has dimension {flat.shape[-1]}, the index {index.dim}; "
+            "use text embeddings made by the index's encoder"
+        )
+    if flat.shape[0] > size:
+        flat = flat[torch.linspace(0, flat.shape[0] - 1, size).long().to(flat.device)]
+    return F.normalize(flat.float(), dim=-1)
+
+
+def _reference_row(index, state: QueryState) -> int | None:
+    ref = state.query.reference_id
+    return index.position(ref) if ref is not None and index.has(ref) else None
