@@ -19,6 +19,7 @@ class EncodeImageParams:
     output: str = "image"
     batch_size: int = 32
     reuse_index: bool = True
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -31,7 +32,8 @@ class EncodeImage(Stage):
 
     ``model: null`` (the default) uses the encoder the index was built with. When the reference is
     given by gallery id and ``reuse_index`` is on, the stored gallery embedding is reused instead
-    of re-encoding the image.
+    of re-encoding the image. ``normalize: false`` keeps the raw projector output (WeiMoCIR's
+    reference code fuses raw features; the stored index embeddings are then not reused).
 
     Example:
         >>> EncodeImage(output="image")          # in YAML: - stage: encode_image
@@ -61,7 +63,9 @@ class EncodeImage(Stage):
             stored = self._stored_embedding(state, ctx, key)
             if stored is not None:
                 self._write(state, stored, key)
-                self.record(state).notes["reused_index_embedding"] = True
+                record = self.record(state)
+                record.cache_hits += 1
+                record.notes["reused_index_embedding"] = True
             else:
                 pending.append((state, _reference_source(state, ctx)))
         if pending:
@@ -74,7 +78,7 @@ class EncodeImage(Stage):
 
         sources = [source for _, source in pending]
         inputs = (
-            [{"image": fingerprint_image(s)} for s in sources]
+            [{"image": fingerprint_image(s), "normalize": self.params.normalize} for s in sources]
             if ctx.cache is not None
             else [{}] * len(sources)
         )
@@ -83,7 +87,9 @@ class EncodeImage(Stage):
             self._key_parts,
             inputs,
             lambda rows: self.encoder.encode_images(
-                [load_image(sources[i]) for i in rows], self.params.batch_size
+                [load_image(sources[i]) for i in rows],
+                self.params.batch_size,
+                normalize=self.params.normalize,
             ),
         )
         for (state, _), vector, hit in zip(pending, vectors, cached, strict=True):
@@ -94,7 +100,9 @@ class EncodeImage(Stage):
 
     def _stored_embedding(self, state: QueryState, ctx: Context, key: str) -> torch.Tensor | None:
         ref_id, index = state.query.reference_id, ctx.index
-        if not self.params.reuse_index or state.query.reference is not None or ref_id is None:
+        if not (self.params.reuse_index and self.params.normalize):
+            return None  # the index stores normalised embeddings only
+        if state.query.reference is not None or ref_id is None:
             return None
         if index is None or index.encoder is None or index.encoder.key != key:
             return None

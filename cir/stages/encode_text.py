@@ -25,6 +25,7 @@ class EncodeTextParams:
     model: str | None = None
     pretrained: str | None = None
     batch_size: int = 256
+    normalize: bool = True
 
     def __post_init__(self) -> None:
         if self.source not in _SOURCES:
@@ -41,7 +42,8 @@ class EncodeText(Stage):
     (``captions``) or the LLM's target description(s) (``targets``). A list of N texts gives
     N embeddings; ``combine: mean`` averages them into one normalised vector (LDRE on CIRR),
     ``combine: none`` keeps the (N, D) matrix for an ensemble stage. ``template`` wraps each text
-    (``"a photo of {text}"``).
+    (``"a photo of {text}"``). ``normalize: false`` keeps the raw projector outputs (the
+    reference code of WeiMoCIR fuses those; see docs/scoring.md).
 
     Example:
         >>> EncodeText(source="targets", output="target", combine="mean")
@@ -70,9 +72,11 @@ class EncodeText(Stage):
         vectors, cached = cached_embeddings(
             ctx.cache,
             self._key_parts,
-            [{"text": text} for text in flat],
+            [{"text": text, "normalize": self.params.normalize} for text in flat],
             lambda rows: self.encoder.encode_texts(
-                [flat[i] for i in rows], batch_size=self.params.batch_size
+                [flat[i] for i in rows],
+                batch_size=self.params.batch_size,
+                normalize=self.params.normalize,
             ),
         )
         start = 0
@@ -100,7 +104,8 @@ class EncodeText(Stage):
         if self.params.source == "query.text":
             return block[0]
         if self.params.combine == "mean":
-            return F.normalize(block.mean(dim=0), dim=-1)
+            mean = block.mean(dim=0)
+            return F.normalize(mean, dim=-1) if self.params.normalize else mean
         return block
 
 

@@ -56,12 +56,31 @@ def test_clip_fusion_computes_the_weighted_normalised_sum(sample_index, sample_p
     assert state.trace[2].notes["weights"] == {"image": pytest.approx(0.7), "text": 0.3}
 
 
+def test_raw_feature_fusion_matches_the_weimocir_reference_code(
+    sample_index, sample_photos, tiny_clip
+):
+    """WeiMoCIR's reference code mixes un-normalised features: normalize=false gives that form."""
+    encoder = load_encoder(tiny_clip)
+    name, text = SAMPLE_QUERIES[0]
+    raw = ["stages.encode_image.normalize=false", "stages.encode_text.normalize=false"]
+    state = load_pipeline("clip_fusion", overrides=raw).run(
+        [Query(text, reference_id=name)], sample_index
+    )[0]
+    image = encoder.encode_images([_open(sample_photos / name)], normalize=False)[0]
+    words = encoder.encode_texts([text], normalize=False)[0]
+    assert abs(float(image.norm()) - 1) > 1e-3  # really raw, not the stored unit vector
+    assert torch.allclose(state.embeddings["text"], words, atol=1e-5)
+    expected = F.normalize(0.2 * image + 0.8 * words, dim=-1)
+    assert torch.allclose(state.embeddings["query"], expected, atol=1e-5)
+
+
 def test_reference_by_gallery_id_reuses_the_stored_embedding(sample_index, sample_photos):
     name, text = SAMPLE_QUERIES[1]
     pipe = load_pipeline("clip_fusion", preset="cirr")
     by_id = pipe.run([Query(text, reference_id=name)], sample_index)[0]
     by_path = pipe.run([Query(text, reference=sample_photos / name)], sample_index)[0]
     assert by_id.trace[0].notes == {"reused_index_embedding": True}
+    assert (by_id.trace[0].cache_hits, by_id.trace[0].cache_misses) == (1, 0)
     assert "reused_index_embedding" not in by_path.trace[0].notes
     assert name not in by_id.ranking.ids  # the cirr preset excludes the reference
     assert torch.allclose(by_id.embeddings["image"], by_path.embeddings["image"], atol=2e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -32,7 +33,7 @@ class _Upper(Stage):
     Params = _UpperParams
     reads = ("query.text",)
     writes = ("targets",)
-    batches: list[int] = []
+    batches: ClassVar[list[int]] = []
 
     def run(self, states, ctx):
         type(self).batches.append(len(states))
@@ -95,7 +96,7 @@ def test_presets_apply_before_overrides():
     assert Pipeline.from_dict(spec, preset="loud").stage("test_upper").params.suffix == "!!!"
     both = Pipeline.from_dict(spec, overrides=["stages.test_upper.suffix=."], preset="loud")
     assert both.stage("test_upper").params.suffix == "."
-    with pytest.raises(ConfigError, match="unknown preset 'quiet'.*loud"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'quiet'.*loud"):
         Pipeline.from_dict(spec, preset="quiet")
 
 
@@ -122,7 +123,7 @@ def test_missing_field_names_the_stages_that_could_write_it():
 
 
 def test_override_of_an_unknown_stage_lists_the_stages():
-    with pytest.raises(ConfigError, match="override names stage 'fuse'.*test_upper"):
+    with pytest.raises(ConfigError, match=r"override names stage 'fuse'.*test_upper"):
         Pipeline.from_dict(_spec(), overrides=["stages.fuse.alpha=1"])
     with pytest.raises(ConfigError, match="must look like"):
         Pipeline.from_dict(_spec(), overrides=["stages.fuse.alpha"])
@@ -148,7 +149,9 @@ def test_every_shipped_pipeline_loads_validates_and_round_trips():
 
 
 def test_unknown_pipeline_lists_the_shipped_ones(tmp_path):
-    with pytest.raises(ConfigError, match="unknown pipeline 'nope'; shipped pipelines: .*clip_fusion"):
+    with pytest.raises(
+        ConfigError, match=r"unknown pipeline 'nope'; shipped pipelines: .*clip_fusion"
+    ):
         load_pipeline("nope")
     with pytest.raises(ConfigError, match="does not exist"):
         load_pipeline(tmp_path / "missing.yaml")
