@@ -32,7 +32,10 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
         f"assert cir.__file__.startswith({str(wheel_site)!r}), cir.__file__;"
         "print(sorted(p.list_pipelines()));"
         "print(cir.load_pipeline('clip_fusion'));"
-        "print(sorted(x.name for x in paths.shipped_dir('prompts').iterdir()))"
+        "print(sorted(x.name for x in paths.shipped_dir('prompts').iterdir()));"
+        "print((paths.shipped_dir('demos') / 'app.py').is_file());"
+        "import importlib.resources as r;"
+        "print(r.files('cir').joinpath('data/basic/objects.txt').is_file())"
     )
     env = dict(os.environ, PYTHONPATH=str(wheel_site))
     out = subprocess.run(
@@ -44,3 +47,4 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
     assert lines[0] == str(shipped)
     assert "clip_fusion" in lines[1]
     assert lines[2] == str(sorted(p.name for p in (REPO / "prompts").iterdir()))
+    assert lines[3:] == ["True", "True"]  # the demo app and BASIC's corpora are in the wheel
