@@ -6,18 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cir.cache import model_revision
-from cir.errors import ConfigError
 from cir.generation import (
     Ask,
     Generator,
     ImageInput,
-    Sampling,
-    policy_override,
     reference_image,
 )
 from cir.llm import load_backend
-from cir.prompts import Prompt, load_prompt
+from cir.prompts import load_prompt
+from cir.stages._prompted import check_retries, check_sampling, check_variables, stage_generator
 from cir.stages.base import Context, Stage, register_stage
 from cir.types import QueryState, StageRecord
 
@@ -110,48 +107,13 @@ class Caption(Stage):
 
     def generator(self, ctx: Context) -> Generator:
         p = self.params
-        sampling = Sampling(
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            n=p.num_captions,
-        )
-        return Generator(
+        return stage_generator(
+            self.name,
             self.backend,
             self.prompt,
-            stage=self.name,
-            sampling=sampling,
-            cache=ctx.cache,
-            fallback=policy_override(self.prompt, p.fallback, p.retries),
-            chunk_size=p.chunk_size,
-            revision=model_revision(str(p.captioner.get("model", ""))),
+            p,
+            p.captioner,
+            ctx,
             kind="caption",
-        )
-
-
-def check_sampling(temperature: float, top_p: float, max_tokens: int, chunk_size: int) -> None:
-    """Range checks shared by the language stages (raise ValueError with the valid range)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def check_retries(retries: int | None) -> None:
-    if retries is not None and retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
-
-
-def check_variables(prompt: Prompt, available: set[str], stage: str) -> None:
-    """Refuse a prompt that needs variables the stage cannot fill."""
-    unknown = sorted(set(prompt.variables) - available)
-    if unknown:
-        raise ConfigError(
-            f"stage {stage!r}: prompt {prompt.ref} needs variable(s) {unknown}, but this stage "
-            f"fills only {sorted(available) or 'none'}"
+            n=p.num_captions,
         )

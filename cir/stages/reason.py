@@ -5,13 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cir.cache import model_revision
 from cir.errors import ConfigError
-from cir.generation import Ask, Generator, Sampling, policy_override, reference_image
+from cir.generation import Ask, Generator, reference_image
 from cir.llm import load_backend
 from cir.prompts import load_prompt
+from cir.stages._prompted import check_retries, check_sampling, check_variables, stage_generator
 from cir.stages.base import Context, Stage, register_stage
-from cir.stages.caption import check_retries, check_sampling, check_variables
 from cir.types import QueryState
 
 DEFAULT_MLLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}
@@ -96,22 +95,8 @@ class Reason(Stage):
 
     def generator(self, ctx: Context) -> Generator:
         p = self.params
-        sampling = Sampling(
-            max_tokens=p.max_tokens,
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            json_mode=p.json_mode,
-        )
-        return Generator(
-            self.backend,
-            self.prompt,
-            stage=self.name,
-            sampling=sampling,
-            cache=ctx.cache,
-            fallback=policy_override(self.prompt, p.fallback, p.retries),
-            chunk_size=p.chunk_size,
-            revision=model_revision(str(p.llm.get("model", ""))),
+        return stage_generator(
+            self.name, self.backend, self.prompt, p, p.llm, ctx, json_mode=p.json_mode
         )
 
 

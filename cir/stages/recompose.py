@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cir.cache import model_revision
-from cir.generation import Ask, Generator, Sampling, policy_override
+from cir.generation import Ask, Generator
 from cir.llm import load_backend
 from cir.prompts import load_prompt
+from cir.stages._prompted import check_retries, check_sampling, check_variables, stage_generator
 from cir.stages.base import Context, Stage, register_stage
-from cir.stages.caption import check_retries, check_sampling, check_variables
 from cir.types import QueryState
 
 DEFAULT_LLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
@@ -82,16 +81,4 @@ class Recompose(Stage):
 
     def generator(self, ctx: Context) -> Generator:
         p = self.params
-        sampling = Sampling(
-            max_tokens=p.max_tokens, temperature=p.temperature, top_p=p.top_p, seed=p.seed
-        )
-        return Generator(
-            self.backend,
-            self.prompt,
-            stage=self.name,
-            sampling=sampling,
-            cache=ctx.cache,
-            fallback=policy_override(self.prompt, p.fallback, p.retries),
-            chunk_size=p.chunk_size,
-            revision=model_revision(str(p.llm.get("model", ""))),
-        )
+        return stage_generator(self.name, self.backend, self.prompt, p, p.llm, ctx)

@@ -25,8 +25,8 @@ from cir.rerank.grid import compose_grid
 from cir.rerank.images import CandidateImages
 from cir.rerank.order import ParsedOrder, apply_order, movements, order_by_scores, parse_order
 from cir.rerank.yesno import parse_yes_no, yes_probability
+from cir.stages._prompted import check_retries, check_sampling, check_variables
 from cir.stages.base import Context, Stage, register_stage
-from cir.stages.caption import check_retries, check_sampling, check_variables
 from cir.types import QueryState, Ranking
 
 Mode = Literal["listwise", "grid", "verify"]
