@@ -8,8 +8,10 @@ The path is picked from the model's config:
   (Qwen2-VL, Qwen2.5-VL, LLaVA, ...);
 - ``causal_lm``: text LLMs through ``AutoModelForCausalLM`` and the tokenizer's chat template.
 
-Requests are grouped by sampling settings and run in left-padded batches; greedy results do not
-depend on how requests are batched. Sampled results repeat for a fixed seed and the same batch.
+Greedy requests are grouped by their settings and run in left-padded batches; their results do not
+depend on how requests are batched. A sampled request runs in a call of its own, seeded with its
+own seed (its ``n`` samples still come from that one call), so a sampled answer depends only on
+the request: the same captions come back whatever else shares the batch.
 """
 
 from __future__ import annotations
@@ -86,8 +88,9 @@ class TransformersLLM:
         requests = check_batch("TransformersLLM", requests)
         results: list[Generation | None] = [None] * len(requests)
         for group in self._groups(requests):
-            for start in range(0, len(group), self.options.batch_size):
-                chunk = group[start : start + self.options.batch_size]
+            step = 1 if requests[group[0]].sampled else self.options.batch_size
+            for start in range(0, len(group), step):
+                chunk = group[start : start + step]
                 gens = self._run([requests[i] for i in chunk])
                 for i, gen in zip(chunk, gens, strict=True):
                     results[i] = gen
@@ -99,7 +102,7 @@ class TransformersLLM:
         for i, req in enumerate(requests):
             key = (req.max_tokens, req.n, req.logprobs, req.sampled)
             if req.sampled:
-                key += (req.temperature, req.top_p, req.seed)
+                key += (req.temperature, req.top_p)
             if self.kind == "captioner":
                 key += (_caption_prompt(req),)
             groups[key].append(i)

@@ -93,6 +93,19 @@ def test_n_samples_repeat_for_a_seed(model_dirs, resources, kind):
     assert sample(8) != first
 
 
+@pytest.mark.parametrize("kind", ["causal_lm", "captioner"])
+def test_sampled_answers_do_not_depend_on_the_batch(model_dirs, resources, kind):
+    llm = backend(model_dirs, resources, kind)
+    sampling = dict(n=3, temperature=1.0, top_p=0.95, max_tokens=8)
+    images = [] if kind == "causal_lm" else [RED]
+    reqs = [ChatRequest.from_prompt(p, images=images, seed=0, **sampling) for p in PROMPTS]
+    together = llm.generate(reqs)
+    alone = [llm.generate([r])[0] for r in reqs]
+    reversed_order = llm.generate(reqs[::-1])[::-1]
+    assert [g.texts for g in together] == [g.texts for g in alone]
+    assert [g.texts for g in reversed_order] == [g.texts for g in alone]
+
+
 def test_greedy_n_repeats_the_answer_and_keeps_the_callers_rng(model_dirs, resources):
     import torch
 
