@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ class Pipeline:
         resources: Resources | None = None,
         device: str | None = None,
         progress: bool | None = None,
+        on_stage: Callable[[int, int, str], None] | None = None,
     ) -> list[QueryState]:
         """Run every query through the stages, ``batch_size`` queries at a time.
 
@@ -157,6 +158,8 @@ class Pipeline:
             resources: shared model cache (defaults to the process-wide one).
             device: force a device for models; automatic when None.
             progress: show a progress bar (default: when there is more than one batch).
+            on_stage: called as ``on_stage(position, number_of_stages, stage_name)`` before each
+                stage runs on a batch (for progress displays).
 
         Returns:
             One ``QueryState`` per query, in order, with ranking and trace.
@@ -171,13 +174,20 @@ class Pipeline:
         with tqdm(total=len(queries), desc=self.name or "pipeline", disable=not show) as bar:
             for start in range(0, len(queries), batch_size):
                 batch = queries[start : start + batch_size]
-                out.extend(self.run_batch([QueryState(q) for q in batch], ctx))
+                out.extend(self.run_batch([QueryState(q) for q in batch], ctx, on_stage))
                 bar.update(len(batch))
         return out
 
-    def run_batch(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
+    def run_batch(
+        self,
+        states: list[QueryState],
+        ctx: Context,
+        on_stage: Callable[[int, int, str], None] | None = None,
+    ) -> list[QueryState]:
         """Run the stages over one batch of states (models must be set up)."""
-        for stage in self.stages:
+        for position, stage in enumerate(self.stages):
+            if on_stage is not None:
+                on_stage(position, len(self.stages), stage.instance)
             for state in states:
                 state.trace.append(StageRecord(stage=stage.name, name=stage.instance))
             started = time.perf_counter()

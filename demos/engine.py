@@ -196,8 +196,6 @@ class DemoEngine:
             pipe = self.load(name, {**overrides, f"stages.{retrieve}.exclude_reference": True})
         outcome.settings = overrides
         outcome.resolved = pipe.to_dict()
-        if on_stage is not None:
-            _watch_stages(pipe, on_stage)
         states = pipe.run(
             [query],
             self.index,
@@ -206,6 +204,7 @@ class DemoEngine:
             resources=self.resources,
             device=self.device,
             progress=False,
+            on_stage=on_stage,
         )
         outcome.state = states[0]
 
@@ -332,16 +331,3 @@ def _assign_overrides(
                 f"pipelines ({', '.join(specs)}); see `cir pipelines show NAME`"
             )
     return assigned
-
-
-def _watch_stages(pipe: Any, on_stage: StageCallback) -> None:
-    """Call ``on_stage`` before each stage of this (per-request) pipeline runs."""
-    total = len(pipe.stages)
-    for position, stage in enumerate(pipe.stages):
-        run = stage.run
-
-        def announced(states, ctx, _run=run, _i=position, _name=stage.instance):
-            on_stage(_i, total, _name)
-            return _run(states, ctx)
-
-        stage.run = announced
