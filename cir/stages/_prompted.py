@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from cir.cache import model_revision
 from cir.errors import ConfigError
 from cir.generation import Generator, Sampling, policy_override
 from cir.prompts import Prompt
 from cir.stages.base import Context
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling and failure handling shared by the stages that prompt a model.
+
+    Subclasses add their model spec and prompt, and may change a default (``max_tokens``).
+    """
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    max_tokens: int = 128
+    fallback: Literal["fallback", "retry", "raise"] | None = None
+    retries: int | None = None
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_p, self.max_tokens, self.chunk_size)
+        check_retries(self.retries)
 
 
 def check_sampling(temperature: float, top_p: float, max_tokens: int, chunk_size: int) -> None:

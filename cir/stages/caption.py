@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from cir.generation import (
     Ask,
@@ -14,7 +14,7 @@ from cir.generation import (
 )
 from cir.llm import load_backend
 from cir.prompts import load_prompt
-from cir.stages._prompted import check_retries, check_sampling, check_variables, stage_generator
+from cir.stages._prompted import GenerationParams, check_variables, stage_generator
 from cir.stages.base import Context, Stage, register_stage
 from cir.types import QueryState, StageRecord
 
@@ -22,22 +22,15 @@ DEFAULT_CAPTIONER = {"backend": "transformers", "model": "Salesforce/blip2-flan-
 
 
 @dataclass(frozen=True)
-class CaptionParams:
+class CaptionParams(GenerationParams):
     captioner: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_CAPTIONER))
     prompt: str = "plain"
     num_captions: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
     max_tokens: int = 64
-    fallback: Literal["fallback", "retry", "raise"] | None = None
-    retries: int | None = None
     fallback_caption: str = "an image"
-    chunk_size: int = 64
 
     def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_p, self.max_tokens, self.chunk_size)
-        check_retries(self.retries)
+        super().__post_init__()
         if self.num_captions < 1:
             raise ValueError(f"num_captions must be >= 1, got {self.num_captions}")
         if self.num_captions > 1 and self.temperature == 0:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from cir.generation import Ask, Generator
 from cir.llm import load_backend
 from cir.prompts import load_prompt
-from cir.stages._prompted import check_retries, check_sampling, check_variables, stage_generator
+from cir.stages._prompted import GenerationParams, check_variables, stage_generator
 from cir.stages.base import Context, Stage, register_stage
 from cir.types import QueryState
 
@@ -16,20 +16,9 @@ DEFAULT_LLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
 
 
 @dataclass(frozen=True)
-class RecomposeParams:
+class RecomposeParams(GenerationParams):
     llm: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_LLM))
     prompt: str = "general"
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    max_tokens: int = 128
-    fallback: Literal["fallback", "retry", "raise"] | None = None
-    retries: int | None = None
-    chunk_size: int = 64
-
-    def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_p, self.max_tokens, self.chunk_size)
-        check_retries(self.retries)
 
 
 @register_stage
