@@ -47,6 +47,20 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_clip: str) -> dict[str, str]:
+    """Tiny random captioner, LLM, chat VLM and CLIP saved to disk: name -> model path or spec."""
+    from cir.testing.lm import tiny_blip_captioner, tiny_causal_lm, tiny_chat_vlm
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {
+        "blip": tiny_blip_captioner(root / "blip"),
+        "lm": tiny_causal_lm(root / "lm"),
+        "vlm": tiny_chat_vlm(root / "vlm"),
+        "clip": tiny_clip,
+    }
+
+
+@pytest.fixture(scope="session")
 def sample_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of real colour photos gathered from installed packages."""
     from cir.sample_gallery import gather_sample_photos

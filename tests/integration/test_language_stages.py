@@ -24,21 +24,7 @@ MODS = ["make it red", "add a dog next to it", "the same scene at night"]
 
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from cir.testing.clip import tiny_open_clip
-    from cir.testing.lm import tiny_blip_captioner, tiny_causal_lm, tiny_chat_vlm
-
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {
-        "blip": tiny_blip_captioner(root / "blip"),
-        "lm": tiny_causal_lm(root / "lm"),
-        "vlm": tiny_chat_vlm(root / "vlm"),
-        "clip": tiny_open_clip(root / "clip"),
-    }
-
-
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory, models: dict[str, str]) -> GalleryIndex:
+def gallery(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]) -> GalleryIndex:
     from PIL import Image
     from skimage import data
 
@@ -52,7 +38,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory, models: dict[str, str]) ->
     for shade in ("red", "green"):
         Image.new("RGB", (64, 64), shade).save(folder / f"{shade}.png")
     out = tmp_path_factory.mktemp("gallery_index")
-    encoder = load_encoder(models["clip"])
+    encoder = load_encoder(tiny_models["clip"])
     return GalleryIndex.build(folder, encoder, out=out, num_workers=0, progress=False)
 
 
@@ -88,9 +74,9 @@ def _transformers(path: str) -> dict:
 
 
 # ---------------------------------------------------------------------------- stages
-def test_caption_stage_with_tiny_blip_matches_the_backend(models, gallery, tmp_path) -> None:
+def test_caption_stage_with_tiny_blip_matches_the_backend(tiny_models, gallery, tmp_path) -> None:
     ctx = Context(gallery, Resources(), ContentCache(tmp_path))
-    stage = Caption(captioner=_transformers(models["blip"]), max_tokens=8)
+    stage = Caption(captioner=_transformers(tiny_models["blip"]), max_tokens=8)
     stage.setup(ctx)
     states = stage.run(_states("caption", gallery), ctx)
     direct = stage.backend.generate(
@@ -108,10 +94,10 @@ def test_caption_stage_with_tiny_blip_matches_the_backend(models, gallery, tmp_p
     assert all(s.record("caption").cache_hits == 1 for s in again)
 
 
-def test_sampled_captions_are_reproducible(models, gallery) -> None:
+def test_sampled_captions_are_reproducible(tiny_models, gallery) -> None:
     ctx = Context(gallery, Resources(), None)
     params = dict(num_captions=3, temperature=1.0, top_p=0.9, seed=7, max_tokens=6)
-    stage = Caption(captioner=_transformers(models["blip"]), **params)
+    stage = Caption(captioner=_transformers(tiny_models["blip"]), **params)
     stage.setup(ctx)
     counter = CallCounter(stage.backend)
     first = [s.captions for s in stage.run(_states("caption", gallery), ctx)]
@@ -119,19 +105,19 @@ def test_sampled_captions_are_reproducible(models, gallery) -> None:
     assert all(len(c) == 3 for c in first) and first == second
     assert counter.requests == 2 * len(first)  # one request of n=3 per image, no cache
     assert all(len(set(c)) > 1 for c in first)  # sampled: the three captions differ
-    reseeded = Caption(captioner=_transformers(models["blip"]), **{**params, "seed": 8})
+    reseeded = Caption(captioner=_transformers(tiny_models["blip"]), **{**params, "seed": 8})
     reseeded.setup(ctx)
     assert [s.captions for s in reseeded.run(_states("caption", gallery), ctx)] != first
 
 
-def test_recompose_with_tiny_lm_and_a_users_prompt(models, gallery, tmp_path) -> None:
+def test_recompose_with_tiny_lm_and_a_users_prompt(tiny_models, gallery, tmp_path) -> None:
     own = tmp_path / "mine.v1.txt"
     own.write_text(
         "---\nvariables: [caption, modification]\nparser: text\nfallback: {policy: fallback}\n"
         "---\nDescribe: {{caption}} but {{modification}}"
     )
     ctx = Context(gallery, Resources(), None)
-    stage = Recompose(llm=_transformers(models["lm"]), prompt=str(own), max_tokens=8)
+    stage = Recompose(llm=_transformers(tiny_models["lm"]), prompt=str(own), max_tokens=8)
     stage.setup(ctx)
     states = stage.run(_states("recompose", gallery, ["a photo", "a picture"]), ctx)
     for state in states:
@@ -141,9 +127,9 @@ def test_recompose_with_tiny_lm_and_a_users_prompt(models, gallery, tmp_path) ->
         assert state.record("recompose").cache_misses == 2
 
 
-def test_recompose_shipped_prompt_counts_fallbacks(models, gallery) -> None:
+def test_recompose_shipped_prompt_counts_fallbacks(tiny_models, gallery) -> None:
     ctx = Context(gallery, Resources(), None)
-    stage = Recompose(llm=_transformers(models["lm"]), max_tokens=8, fallback="fallback")
+    stage = Recompose(llm=_transformers(tiny_models["lm"]), max_tokens=8, fallback="fallback")
     stage.setup(ctx)
     label = re.compile(r"target description\s*:\s*\S", re.IGNORECASE)
     for state in stage.run(_states("recompose", gallery, ["a photo"]), ctx):
@@ -153,9 +139,9 @@ def test_recompose_shipped_prompt_counts_fallbacks(models, gallery) -> None:
             assert state.targets == [state.query.text]
 
 
-def test_reason_with_tiny_chat_vlm_retries_then_falls_back(models, gallery) -> None:
+def test_reason_with_tiny_chat_vlm_retries_then_falls_back(tiny_models, gallery) -> None:
     ctx = Context(gallery, Resources(), None)
-    stage = Reason(llm=_transformers(models["vlm"]), max_tokens=8, retries=1)
+    stage = Reason(llm=_transformers(tiny_models["vlm"]), max_tokens=8, retries=1)
     stage.setup(ctx)
     counter = CallCounter(stage.backend)
     states = stage.run(_states("reason", gallery), ctx)
@@ -170,8 +156,8 @@ def test_reason_with_tiny_chat_vlm_retries_then_falls_back(models, gallery) -> N
 
 
 # ---------------------------------------------------------------------------- pipelines
-def _tiny_overrides(name: str, models: dict[str, str]) -> list[str]:
-    blip, lm, vlm = (models[k] for k in ("blip", "lm", "vlm"))
+def _tiny_overrides(name: str, tiny_models: dict[str, str]) -> list[str]:
+    blip, lm, vlm = (tiny_models[k] for k in ("blip", "lm", "vlm"))
     common = ["stages.retrieve.k=4"]
     if name == "osrcir":
         return [*common, f"stages.reason.llm={{backend: transformers, model: '{vlm}'}}",
@@ -187,8 +173,8 @@ def _tiny_overrides(name: str, models: dict[str, str]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["cirevl", "ldre", "osrcir"])
-def test_pipeline_end_to_end_and_second_run_from_cache(name, models, gallery, tmp_path) -> None:
-    pipe = load_pipeline(name, overrides=_tiny_overrides(name, models))
+def test_pipeline_end_to_end_and_second_run_from_cache(name, tiny_models, gallery, tmp_path):
+    pipe = load_pipeline(name, overrides=_tiny_overrides(name, tiny_models))
     resources, cache = Resources(), ContentCache(tmp_path)
     queries = _queries(gallery)
     first = pipe.run(queries, gallery, batch_size=2, cache=cache, resources=resources)
@@ -212,7 +198,7 @@ def test_pipeline_end_to_end_and_second_run_from_cache(name, models, gallery, tm
     assert embedding.dim() == 1 and torch.isclose(embedding.norm(), torch.tensor(1.0), atol=1e-3)
 
 
-def test_scripted_pipeline_second_run_makes_no_model_calls(gallery, models, tmp_path) -> None:
+def test_scripted_pipeline_second_run_makes_no_model_calls(gallery, tiny_models, tmp_path) -> None:
     captioner = {"backend": "scripted", "default": "a photo of a cat", "name": "cap"}
     llm = {"backend": "scripted", "default": "Target Description: a red cat", "name": "lm"}
     pipe = load_pipeline(

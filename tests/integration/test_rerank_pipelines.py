@@ -20,21 +20,7 @@ MODS = ["make it red", "add a dog next to it", "the same scene at night"]
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    from cir.testing.clip import tiny_open_clip
-    from cir.testing.lm import tiny_blip_captioner, tiny_causal_lm, tiny_chat_vlm
-
-    root = tmp_path_factory.mktemp("tiny_models")
-    return {
-        "blip": tiny_blip_captioner(root / "blip"),
-        "lm": tiny_causal_lm(root / "lm"),
-        "vlm": tiny_chat_vlm(root / "vlm"),
-        "clip": tiny_open_clip(root / "clip"),
-    }
-
-
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory: pytest.TempPathFactory, models: dict[str, str]) -> GalleryIndex:
+def gallery(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, str]) -> GalleryIndex:
     from PIL import Image
     from skimage import data
 
@@ -46,7 +32,7 @@ def gallery(tmp_path_factory: pytest.TempPathFactory, models: dict[str, str]) ->
         image.resize((96, 72)).save(folder / f"{name}.jpg")
     for shade in ("red", "green", "blue", "yellow"):
         Image.new("RGB", (64, 64), shade).save(folder / f"{shade}.png")
-    encoder = load_encoder(models["clip"])
+    encoder = load_encoder(tiny_models["clip"])
     index = GalleryIndex.build(
         folder, encoder, out=tmp_path_factory.mktemp("index"), num_workers=0, progress=False
     )
@@ -84,15 +70,15 @@ class CallCounter:
         return self._generate(requests)
 
 
-def vlm_spec(models) -> dict:
-    return {"backend": "transformers", "model": models["vlm"]}
+def vlm_spec(tiny_models) -> dict:
+    return {"backend": "transformers", "model": tiny_models["vlm"]}
 
 
 # ---------------------------------------------------------------------------- the stage
 @pytest.mark.parametrize("mode", ["listwise", "grid"])
-def test_order_modes_with_tiny_vlm(mode, models, gallery) -> None:
+def test_order_modes_with_tiny_vlm(mode, tiny_models, gallery) -> None:
     ctx = Context(gallery, Resources(), None)
-    stage = Rerank(mode=mode, top_n=4, llm=vlm_spec(models), max_tokens=12, tile_size=48)
+    stage = Rerank(mode=mode, top_n=4, llm=vlm_spec(tiny_models), max_tokens=12, tile_size=48)
     stage.setup(ctx)
     counter = CallCounter(stage.backend)
     before = [s.ranking for s in ranked_states(gallery)]
@@ -112,10 +98,10 @@ def test_order_modes_with_tiny_vlm(mode, models, gallery) -> None:
         assert grid.size == (2 * 48 + 3 * 4, 2 * 48 + 3 * 4)
 
 
-def test_verify_with_tiny_vlm_scores_from_logprobs(models, gallery) -> None:
+def test_verify_with_tiny_vlm_scores_from_logprobs(tiny_models, gallery) -> None:
     ctx = Context(gallery, Resources(), None)
     vocab = 700  # more than the tiny vocabulary: every token's log-probability comes back
-    stage = Rerank(mode="verify", top_n=5, llm=vlm_spec(models), logprobs=vocab)
+    stage = Rerank(mode="verify", top_n=5, llm=vlm_spec(tiny_models), logprobs=vocab)
     stage.setup(ctx)
     counter = CallCounter(stage.backend)
     states = stage.run(ranked_states(gallery), ctx)
@@ -130,17 +116,17 @@ def test_verify_with_tiny_vlm_scores_from_logprobs(models, gallery) -> None:
 
 
 # ---------------------------------------------------------------------------- pipelines
-def tiny_overrides(name: str, models: dict[str, str]) -> dict:
-    vlm = vlm_spec(models)
+def tiny_overrides(name: str, tiny_models: dict[str, str]) -> dict:
+    vlm = vlm_spec(tiny_models)
     common = {"stages.retrieve.k": 6, "stages.rerank.llm": vlm, "stages.rerank.max_tokens": 12,
               "stages.rerank.top_n": 4}  # fmt: skip
     if name == "square":
         return {**common, "stages.reason.llm": vlm, "stages.reason.max_tokens": 8,
                 "stages.rerank.grid_cols": 2, "stages.rerank.tile_size": 48}  # fmt: skip
     language = {
-        "stages.caption.captioner": {"backend": "transformers", "model": models["blip"]},
+        "stages.caption.captioner": {"backend": "transformers", "model": tiny_models["blip"]},
         "stages.caption.max_tokens": 6,
-        "stages.recompose.llm": {"backend": "transformers", "model": models["lm"]},
+        "stages.recompose.llm": {"backend": "transformers", "model": tiny_models["lm"]},
         "stages.recompose.max_tokens": 8,
     }
     if name == "best":
@@ -160,8 +146,8 @@ def model_backends(pipe, resources) -> list:
 
 
 @pytest.mark.parametrize("name", ["cotrr", "square", "best"])
-def test_pipeline_end_to_end_and_second_run_from_cache(name, models, gallery, tmp_path) -> None:
-    pipe = load_pipeline(name, overrides=tiny_overrides(name, models))
+def test_pipeline_end_to_end_and_second_run_from_cache(name, tiny_models, gallery, tmp_path):
+    pipe = load_pipeline(name, overrides=tiny_overrides(name, tiny_models))
     resources, cache = Resources(), ContentCache(tmp_path)
     first = pipe.run(queries(gallery), gallery, batch_size=3, cache=cache, resources=resources)
     counters = [CallCounter(b) for b in model_backends(pipe, resources)]
@@ -185,9 +171,9 @@ def test_pipeline_end_to_end_and_second_run_from_cache(name, models, gallery, tm
     assert first[0].embeddings["query"].dim() == 1
 
 
-def test_cotrr_reorders_with_a_scripted_reranker(models, gallery) -> None:
+def test_cotrr_reorders_with_a_scripted_reranker(tiny_models, gallery) -> None:
     scripted = {"backend": "scripted", "name": "cotrr-test", "default": '{"ranking": [4, 3, 2, 1]}'}
-    overrides = tiny_overrides("cotrr", models) | {
+    overrides = tiny_overrides("cotrr", tiny_models) | {
         "stages.rerank.llm": scripted,
         "stages.caption.captioner": {"backend": "scripted", "default": "a photo"},
         "stages.recompose.llm": {"backend": "scripted", "default": "Target Description: a dog"},
