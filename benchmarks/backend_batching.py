@@ -17,9 +17,7 @@ import argparse
 import json
 import platform
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import torch
@@ -27,6 +25,7 @@ import torch
 from cir.llm import ChatRequest, load_backend
 from cir.resources import Resources
 from cir.testing.lm import tiny_causal_lm
+from cir.testing.openai_server import fixed_answer_server
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backend_batching.json"
 
@@ -59,32 +58,11 @@ def bench_transformers(count: int, max_tokens: int) -> dict:
 
 
 def bench_openai(count: int, latency: float, concurrency: int) -> dict:
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(latency)
-            body = json.dumps({"choices": [{"index": 0, "message": {"content": "ok"}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/v1"
+    with fixed_answer_server("ok", delay=latency) as url:
         spec = {"backend": "openai", "model": "m", "base_url": url, "api_key_env": None}
         llm = load_backend({**spec, "max_concurrency": concurrency}, Resources())
         reqs = prompts(count, 8)
         return {"one_by_one_s": timed(llm, reqs, False), "batched_s": timed(llm, reqs, True)}
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def main() -> None:

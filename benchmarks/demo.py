@@ -27,14 +27,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import yaml
+
+from cir.testing.openai_server import fixed_answer_server
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "demo.json"
@@ -89,40 +89,6 @@ def slow_llm_pipeline(work: Path, base_url: str) -> Path:
 def _write(path: Path, name: str, stages: list) -> Path:
     path.write_text(yaml.safe_dump({"name": name, "stages": stages}))
     return path
-
-
-@contextmanager
-def slow_openai_server(delay: float):
-    """An OpenAI-compatible chat endpoint on 127.0.0.1 that answers after ``delay`` seconds."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            time.sleep(delay)
-            body = json.dumps(
-                {
-                    "choices": [
-                        {"index": 0, "message": {"content": "Target Description: a red car"}}
-                    ],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 5},
-                }
-            ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
 
 
 # ---------------------------------------------------------------------- the server
@@ -219,7 +185,7 @@ def run(args: argparse.Namespace) -> dict:
     paths = prepare(work)
     photo = sorted(paths["photos"].iterdir())[0]
     out: dict = {"machine": "x86_64, 2 cores, no GPU", "llm_delay_s": args.llm_delay}
-    with slow_openai_server(args.llm_delay) as base_url:
+    with fixed_answer_server("Target Description: a red car", delay=args.llm_delay) as base_url:
         extra = ["--pipeline", "clip_fusion", "--pipeline", str(language_pipeline(work))]
         extra += ["--pipeline", str(slow_llm_pipeline(work, base_url))]
         with demo_server(["--index", str(paths["index"]), *extra], work) as (url, startup):
