@@ -32,11 +32,11 @@ from PIL import Image
 
 from cir import Query, QueryState, StageRecord
 from cir.cache import ContentCache
+from cir.context import Context
 from cir.index import GalleryIndex
 from cir.models import load_encoder
 from cir.pipeline import load_pipeline
 from cir.resources import Resources
-from cir.stages.base import Context
 from cir.stages.recompose import Recompose
 from cir.testing.clip import tiny_open_clip
 from cir.testing.lm import tiny_blip_captioner, tiny_causal_lm

@@ -37,10 +37,10 @@ import torch
 from PIL import Image
 
 from cir import Query, QueryState, StageRecord
+from cir.context import Context
 from cir.index import GalleryIndex
 from cir.llm import ScriptedLLM, spec_key
 from cir.resources import Resources
-from cir.stages.base import Context
 from cir.stages.rerank import Rerank
 from cir.types import Ranking
 

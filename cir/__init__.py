@@ -26,6 +26,8 @@ _LAZY = {
     "list_pipelines": "cir.pipeline",
     "load_encoder": "cir.models",
     "Stage": "cir.stages.base",
+    "Port": "cir.stages.base",
+    "Context": "cir.context",
     "register_stage": "cir.stages.base",
 }
 
@@ -41,10 +43,12 @@ __all__ = [
     "BackendError",
     "CirError",
     "ConfigError",
+    "Context",
     "DataError",
     "EncoderMismatchError",
     "GalleryIndex",
     "Pipeline",
+    "Port",
     "Query",
     "QueryState",
     "Ranking",

@@ -154,7 +154,7 @@ def caption_gallery(
     """
     from tqdm.auto import tqdm
 
-    from cir.stages.base import Context
+    from cir.context import Context
 
     ctx = ctx or Context(index=index)
     done = _read_progress(progress_file)

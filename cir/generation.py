@@ -9,21 +9,19 @@ Cache hits, misses, fallbacks and retries are counted in each item's ``StageReco
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from PIL import Image
 
 from cir.cache import CacheEntry, ContentCache, fingerprint_image
-from cir.errors import CirError, ConfigError, DataError
-from cir.llm import ChatRequest, Generation, LLMBackend
+from cir.errors import CirError, ConfigError
+from cir.images import load_image
+from cir.llm import ChatRequest, Generation, LLMBackend, Sampling
 from cir.prompts import FallbackPolicy, ParseError, Parser, Prompt
-from cir.types import QueryState, StageRecord
-
-if TYPE_CHECKING:
-    from cir.stages.base import Context
+from cir.types import StageRecord
 
 ImageInput = str | Path | Image.Image
 
@@ -32,24 +30,14 @@ class AnswerParseError(CirError):
     """An answer could not be parsed and the fallback policy says to raise."""
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling settings of a request (greedy and seeded by default, so runs repeat).
+def reads_logprobs(parser: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``parser`` as one called with ``(text, first_token_logprobs)`` instead of ``(text)``.
 
-    Example:
-        >>> Sampling(temperature=1.0, top_p=0.9, n=15, seed=0)  # LDRE-style sampled captions
+    A yes/no verifier reads P(yes) from the log-probabilities and falls back to the text; when
+    neither holds an answer it raises ``ParseError``, and the generator's retry policy applies.
     """
-
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    n: int = 1
-    json_mode: bool = False
-    logprobs: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    parser.reads_logprobs = True  # type: ignore[attr-defined]
+    return parser
 
 
 @dataclass
@@ -61,7 +49,8 @@ class Ask:
         images: images attached to the user message (paths are read only on a cache miss).
         fallback: the value used when the answer does not parse and the policy falls back.
         record: the stage's trace record for the query this item belongs to (counts go there).
-        parser: a parser for this item only (overrides the generator's).
+        parser: a parser for this item only (overrides the generator's); see
+            :func:`reads_logprobs` for parsers that need the first-token log-probabilities.
     """
 
     variables: Mapping[str, Any]
@@ -106,7 +95,10 @@ class Generator:
         backend: the language backend (``cir.llm.load_backend(spec)``).
         prompt: the prompt to render.
         stage: the stage's registry name (part of every cache key).
-        sampling: sampling settings.
+        sampling: decoding settings (greedy and seeded by default).
+        n: samples per item.
+        json_mode: ask backends that can to constrain answers to JSON.
+        logprobs: top-k first-token log-probabilities to request (0: none).
         cache: a :class:`~cir.cache.ContentCache`, or None to always ask the model.
         parser: overrides the prompt's parser (a callable raising ``ParseError``).
         fallback: overrides the prompt's fallback policy.
@@ -130,6 +122,9 @@ class Generator:
         *,
         stage: str,
         sampling: Sampling | None = None,
+        n: int = 1,
+        json_mode: bool = False,
+        logprobs: int = 0,
         cache: ContentCache | None = None,
         parser: Parser | None = None,
         fallback: FallbackPolicy | None = None,
@@ -141,6 +136,7 @@ class Generator:
         self.prompt = prompt
         self.stage = stage
         self.sampling = sampling or Sampling()
+        self.n, self.json_mode, self.logprobs = n, json_mode, logprobs
         self.cache = cache
         self.parser = parser or prompt.parser()
         self.policy = fallback or prompt.fallback
@@ -155,7 +151,7 @@ class Generator:
         for ask in asks:
             self.prompt.render(**ask.variables)  # strict check before any model call
         fingerprints = [[fingerprint_image(im) for im in ask.images] for ask in asks]
-        jobs = [_Job(i, self.sampling) for i in range(len(asks))]
+        jobs = [_Job(i, self.sampling, self.n) for i in range(len(asks))]
         outputs = self._complete(asks, fingerprints, jobs, attempt=0)
         parsed = [self._first_answer(ask, out) for ask, out in zip(asks, outputs, strict=True)]
         answers = [answer for answer, _ in parsed]
@@ -166,7 +162,7 @@ class Generator:
         return answers
 
     def cache_key_parts(
-        self, ask: Ask, fingerprints: Sequence[str], sampling: Sampling, attempt: int
+        self, ask: Ask, fingerprints: Sequence[str], job: _Job, attempt: int
     ) -> dict[str, Any]:
         """Everything that determines the raw answer to one request (hashed into its key)."""
         return {
@@ -175,7 +171,7 @@ class Generator:
             "revision": self.revision,
             "prompt": self.prompt.ref,
             "prompt_sha256": self.prompt.sha256,
-            "sampling": sampling.to_dict(),
+            "sampling": self._settings(job),
             "variables": {k: str(v) for k, v in sorted(ask.variables.items())},
             "images": list(fingerprints),
             "attempt": attempt,
@@ -186,10 +182,7 @@ class Generator:
         self, asks: list[Ask], fingerprints: list[list[str]], jobs: list[_Job], attempt: int
     ) -> list[_Output]:
         """Raw outputs for each job: from the cache where possible, else from the backend."""
-        parts = [
-            self.cache_key_parts(asks[j.item], fingerprints[j.item], j.sampling, attempt)
-            for j in jobs
-        ]
+        parts = [self.cache_key_parts(asks[j.item], fingerprints[j.item], j, attempt) for j in jobs]
         keys = [CacheEntry(p, None).key for p in parts]
         found = self.cache.get_many(keys) if self.cache is not None else {}
         outputs: list[_Output | None] = [
@@ -199,7 +192,7 @@ class Generator:
         missing = [i for i, out in enumerate(outputs) if out is None]
         for start in range(0, len(missing), self.chunk_size):
             chunk = missing[start : start + self.chunk_size]
-            requests = [self._request(asks[jobs[i].item], jobs[i].sampling) for i in chunk]
+            requests = [self._request(asks[jobs[i].item], jobs[i]) for i in chunk]
             generations = self.backend.generate(requests)
             _check_generations(generations, requests, self.backend)
             entries = []
@@ -216,14 +209,27 @@ class Generator:
                 record.cache_misses += int(not out.cached)
         return outputs  # type: ignore[return-value]
 
-    def _request(self, ask: Ask, sampling: Sampling) -> ChatRequest:
-        images = tuple(_load_image(im) for im in ask.images)
-        return ChatRequest(self.prompt.messages(ask.variables, images), **sampling.to_dict())
+    def _request(self, ask: Ask, job: _Job) -> ChatRequest:
+        images = tuple(load_image(im) for im in ask.images)
+        messages = self.prompt.messages(ask.variables, images)
+        return ChatRequest(messages, job.sampling, job.n, self.json_mode, self.logprobs)
+
+    def _settings(self, job: _Job) -> dict[str, Any]:
+        """The request settings that shape an answer (part of its cache key)."""
+        return {
+            **job.sampling.to_dict(),
+            "n": job.n,
+            "json_mode": self.json_mode,
+            "logprobs": self.logprobs,
+        }
 
     # ------------------------------------------------------------------ parsing
-    def _parse(self, ask: Ask, text: str) -> tuple[Any, str | None]:
+    def _parse(self, ask: Ask, text: str, logprobs: dict | None) -> tuple[Any, str | None]:
+        parser = ask.parser or self.parser
         try:
-            return (ask.parser or self.parser)(text), None
+            if getattr(parser, "reads_logprobs", False):
+                return parser(text, logprobs), None
+            return parser(text), None
         except ParseError as exc:
             return None, str(exc)
 
@@ -232,7 +238,7 @@ class Generator:
         answer = Answer([], list(out.texts), _copy(out.logprobs), cached=out.cached)
         failed = []
         for slot, text in enumerate(out.texts):
-            value, error = self._parse(ask, text)
+            value, error = self._parse(ask, text, _slot(out.logprobs, slot))
             answer.values.append(value)
             if error:
                 answer.errors.append(error)
@@ -252,18 +258,18 @@ class Generator:
             pending = [i for i, slots in enumerate(failed) if slots]
             if not pending:
                 return
-            jobs = [_Job(i, self._retry_sampling(attempt, len(failed[i]))) for i in pending]
+            jobs = [_Job(i, self._retry_sampling(attempt), len(failed[i])) for i in pending]
             outputs = self._complete(asks, fingerprints, jobs, attempt)
             for job, out in zip(jobs, outputs, strict=True):
                 failed[job.item] = self._apply_retry(
                     asks[job.item], answers[job.item], failed[job.item], out
                 )
 
-    def _retry_sampling(self, attempt: int, n: int) -> Sampling:
+    def _retry_sampling(self, attempt: int) -> Sampling:
         """A new seed, and some temperature when the first request was greedy."""
         base = self.sampling
         temperature = base.temperature or self.policy.retry_temperature
-        return replace(base, seed=base.seed + attempt, n=n, temperature=temperature)
+        return replace(base, seed=base.seed + attempt, temperature=temperature, num_beams=1)
 
     def _apply_retry(self, ask: Ask, answer: Answer, slots: list[int], out: _Output) -> list[int]:
         answer.retries += 1
@@ -272,7 +278,7 @@ class Generator:
             answer.texts[slot] = text
             if answer.logprobs is not None and out.logprobs is not None:
                 answer.logprobs[slot] = out.logprobs[j]
-            value, error = self._parse(ask, text)
+            value, error = self._parse(ask, text, _slot(out.logprobs, j))
             if error:
                 answer.errors.append(error)
                 still_failed.append(slot)
@@ -305,6 +311,7 @@ class Generator:
 class _Job:
     item: int
     sampling: Sampling
+    n: int
 
 
 @dataclass(frozen=True)
@@ -318,14 +325,8 @@ def _copy(logprobs: list[dict[str, float]] | None) -> list[dict[str, float]] | N
     return [dict(d) for d in logprobs] if logprobs is not None else None
 
 
-def _load_image(image: ImageInput) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image
-    try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
-    except (OSError, Image.UnidentifiedImageError) as exc:
-        raise DataError(f"cannot read image {str(image)!r}: {exc}") from None
+def _slot(logprobs: list[dict[str, float]] | None, slot: int) -> dict[str, float] | None:
+    return logprobs[slot] if logprobs is not None and slot < len(logprobs) else None
 
 
 def _check_generations(
@@ -370,27 +371,3 @@ def policy_override(
     if count < 1:
         raise ConfigError("fallback policy 'retry' needs retries >= 1")
     return FallbackPolicy("retry", count, base.final, base.retry_temperature)
-
-
-def reference_image(state: QueryState, ctx: Context) -> ImageInput:
-    """The query's reference image: its path or PIL image, else the index's file for its id.
-
-    Paths are returned unread, so a cached answer never decodes the image.
-    """
-    query = state.query
-    if query.reference is not None:
-        return query.reference
-    index = ctx.index
-    if query.reference_id is not None and index is not None and index.has(query.reference_id):
-        path = index.path(query.reference_id)
-        if path is not None:
-            return path
-    if query.reference_id is not None:
-        raise DataError(
-            f"query {query.id!r}: reference_id {query.reference_id!r} is not an image of the "
-            "index (or the index keeps no image paths); pass Query(reference=<path>) instead"
-        )
-    raise DataError(
-        f"query {query.id!r} has no reference image, but a language stage needs one; "
-        "give Query(reference=<path or PIL image>) or reference_id=<gallery id>"
-    )

@@ -1,4 +1,8 @@
-"""Validation of stage parameters: frozen dataclasses of JSON-basic values."""
+"""Validation of stage parameters: frozen dataclasses of JSON-basic values.
+
+A parameter may itself be a frozen dataclass (a nested option such as ``retrieve``'s
+``hubness``): it is given as a mapping in YAML and validated the same way, field by field.
+"""
 
 from __future__ import annotations
 
@@ -32,11 +36,31 @@ def build_params(cls: type, values: dict[str, Any], where: str) -> Any:
                 f"{where}: parameter {name!r} must be {_describe(hints[name])}, "
                 f"got {value!r} ({type(value).__name__})"
             )
-    values = {name: _freeze(value, hints[name]) for name, value in values.items()}
+    values = {
+        name: _nested(value, hints[name], f"{where}, {name}") or _freeze(value, hints[name])
+        for name, value in values.items()
+    }
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _nested(value: Any, hint: Any, where: str) -> Any:
+    """A mapping given for a dataclass-typed parameter, built into that dataclass (else None)."""
+    cls = _dataclass_of(hint)
+    if cls is None or not isinstance(value, dict):
+        return None
+    return build_params(cls, value, where)
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if get_origin(hint) in (Union, types.UnionType):
+        found = [h for h in get_args(hint) if dataclasses.is_dataclass(h)]
+        return found[0] if found else None
+    return None
 
 
 def params_to_dict(params: Any) -> dict[str, Any]:
@@ -68,6 +92,8 @@ def _plain(value: Any) -> Any:
 
 def _matches(value: Any, hint: Any) -> bool:
     origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, dict | hint)
     if hint is Any:
         return _is_json(value)
     if origin in (Union, types.UnionType):
@@ -110,4 +136,7 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(hint))
     if origin is not None:
         return origin.__name__
+    if dataclasses.is_dataclass(hint):
+        names = ", ".join(f.name for f in dataclasses.fields(hint))
+        return f"a mapping with keys among {names}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

@@ -1,30 +1,67 @@
-"""Declarative pipelines: stages named in YAML, validated at load time, run in batches."""
+"""Declarative pipelines: stages named in YAML, validated at load time, run stage by stage.
+
+Example:
+    >>> pipe = load_pipeline("clip_fusion", overrides=["stages.fuse.alpha=0.7"])
+    >>> states = pipe.run([Query("make it red", reference="dress.jpg")], index)
+    >>> print(pipe.flow())            # which stage writes what, and who reads it
+"""
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from tqdm.auto import tqdm
 
-from cir._paths import shipped_dir
 from cir.errors import ConfigError
-from cir.resources import Resources, default_resources
-from cir.stages.base import Context, Stage, registered_stages, stage_class
-from cir.types import Query, QueryState, StageRecord
+from cir.execution import RunGroup, execute
+from cir.models.spec import EncoderSpec
+from cir.pipeline_file import (
+    Deviation,
+    Knob,
+    apply_overrides,
+    apply_presets,
+    check_top_level,
+    entries,
+    list_pipelines,
+    parse_override,
+    pipeline_path,
+    read_deviations,
+    read_knobs,
+    read_spec,
+)
+from cir.resources import Resources
+from cir.stages.base import Context, Port, Stage, registered_stages, stage_class
+from cir.types import Query, QueryState
 
-#: Fields every query provides (``query.image`` is checked per query at run time).
-QUERY_FIELDS = ("query.text", "query.image")
-_ENTRY_KEYS = {"stage", "name", "params"}
-_TOP_KEYS = {"name", "description", "stages", "presets", "paper"}
+__all__ = [
+    "QUERY_PORTS",
+    "Pipeline",
+    "apply_overrides",
+    "list_pipelines",
+    "load_pipeline",
+    "parse_override",
+    "pipeline_path",
+]
+
+#: What every query provides (``query.image`` is checked per query at run time).
+QUERY_PORTS = (Port("query.text", "text"), Port("query.image", "image"))
+QUERY_FIELDS = tuple(p.field for p in QUERY_PORTS)
+OnStage = Callable[[int, int, str], None]
 
 
 class Pipeline:
     """An ordered chain of stages over a gallery index.
+
+    Args:
+        stages: the stages, in order.
+        name / description / paper: what the pipeline is (``paper`` in ``extra``).
+        presets: named override sets (per dataset and backbone).
+        encoder: the declared encoder (index builds, benchmark runs, encoding stages).
+        deviations: the remaining differences from the paper.
+        knobs: the controls the demo offers.
+        applied: the presets this instance was built with.
 
     Example:
         >>> pipe = load_pipeline("clip_fusion", overrides=["stages.fuse.alpha=0.7"])
@@ -39,12 +76,20 @@ class Pipeline:
         description: str = "",
         presets: dict[str, dict[str, Any]] | None = None,
         extra: dict[str, Any] | None = None,
+        encoder: EncoderSpec | None = None,
+        deviations: Sequence[Deviation] | None = None,
+        knobs: dict[str, Knob] | None = None,
+        applied: Sequence[str] = (),
     ) -> None:
         self.stages = list(stages)
         self.name = name
         self.description = description
         self.presets = presets or {}
         self.extra = extra or {}
+        self.encoder = encoder
+        self.deviations = tuple(deviations) if deviations is not None else None
+        self.knobs = knobs or {}
+        self.applied = tuple(applied)
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -53,53 +98,54 @@ class Pipeline:
         cls,
         spec: dict[str, Any],
         overrides: Iterable[str] | dict[str, Any] = (),
-        preset: str | None = None,
+        preset: str | Sequence[str] | None = None,
     ) -> Pipeline:
         """Build from a mapping shaped like a pipeline YAML file.
 
-        ``preset`` applies a named set of overrides from the file's ``presets:`` section first;
-        ``overrides`` (``"stages.fuse.alpha=0.7"`` strings or a dict) are applied after it.
+        ``preset`` (a name or a list of names) applies the file's named override sets first;
+        ``overrides`` (``"stages.fuse.alpha=0.7"`` strings or a dict) are applied after them.
         """
-        if not isinstance(spec, dict):
-            raise ConfigError(f"a pipeline must be a mapping, got {type(spec).__name__}")
-        spec = copy.deepcopy(spec)
-        unknown = set(spec) - _TOP_KEYS
-        if unknown:
-            raise ConfigError(
-                f"unknown top-level key(s) {', '.join(sorted(unknown))} in pipeline "
-                f"{spec.get('name', '')!r}; valid keys: {', '.join(sorted(_TOP_KEYS))}"
-            )
-        presets = spec.get("presets") or {}
-        if preset is not None:
-            if preset not in presets:
-                valid = ", ".join(sorted(presets)) or "(none)"
-                raise ConfigError(f"unknown preset {preset!r}; this pipeline has: {valid}")
-            spec = apply_overrides(spec, presets[preset])
-        spec = apply_overrides(spec, overrides)
-        stages = [_build_stage(entry, i) for i, entry in enumerate(_entries(spec))]
-        extra = {k: v for k, v in spec.items() if k == "paper"}
-        return cls(stages, spec.get("name", ""), spec.get("description", ""), presets, extra)
+        check_top_level(spec)
+        names = [preset] if isinstance(preset, str) else list(preset or ())
+        resolved = apply_overrides(apply_presets(spec, names), overrides)
+        stages = [_build_stage(entry, i) for i, entry in enumerate(entries(resolved))]
+        encoder = resolved.get("encoder")
+        return cls(
+            stages,
+            resolved.get("name", ""),
+            resolved.get("description", ""),
+            spec.get("presets") or {},
+            {"paper": resolved["paper"]} if "paper" in resolved else {},
+            EncoderSpec.from_config(encoder) if encoder is not None else None,
+            read_deviations(resolved["deviations"]) if "deviations" in resolved else None,
+            read_knobs(resolved.get("knobs")),
+            names,
+        )
 
     @classmethod
     def from_yaml(
-        cls, source: str | Path, overrides: Iterable[str] | dict[str, Any] = (), preset=None
+        cls,
+        source: str | Path,
+        overrides: Iterable[str] | dict[str, Any] = (),
+        preset: str | Sequence[str] | None = None,
     ) -> Pipeline:
         """Build from a YAML file path or a YAML string."""
-        text = Path(source).read_text() if _is_file(source) else str(source)
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"pipeline YAML does not parse: {exc}") from None
-        return cls.from_dict(spec, overrides, preset)
+        return cls.from_dict(read_spec(source), overrides, preset)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
         if self.description:
             out["description"] = self.description
         out.update(self.extra)
+        if self.encoder is not None:
+            out["encoder"] = self.encoder.to_dict()
         out["stages"] = [stage.to_dict() for stage in self.stages]
         if self.presets:
-            out["presets"] = copy.deepcopy(self.presets)
+            out["presets"] = {k: dict(v) for k, v in self.presets.items()}
+        if self.deviations is not None:
+            out["deviations"] = [d.to_dict() for d in self.deviations]
+        if self.knobs:
+            out["knobs"] = {k: knob.to_dict() for k, knob in self.knobs.items()}
         return out
 
     def to_yaml(self) -> str:
@@ -112,6 +158,10 @@ class Pipeline:
                 return stage
         raise ConfigError(f"no stage named {name!r}; stages: {self._names()}")
 
+    def active_deviations(self) -> list[Deviation]:
+        """The declared deviations that apply with the presets this instance was built with."""
+        return [d for d in self.deviations or () if d.applies(self.applied)]
+
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
         seen: set[str] = set()
@@ -121,19 +171,56 @@ class Pipeline:
                     f"two stages are named {stage.instance!r}; give one a distinct `name:`"
                 )
             seen.add(stage.instance)
-        available = set(QUERY_FIELDS)
+        available = {p.field: ("the query", p) for p in QUERY_PORTS}
         for stage in self.stages:
-            missing = [f for f in stage.reads if f not in available]
-            if missing:
-                raise ConfigError(_missing_message(stage, missing[0], available))
-            available.update(stage.writes)
+            for port in stage.bound_inputs():
+                if port.field not in available:
+                    raise ConfigError(_missing_message(stage, port.field, set(available)))
+                _check_kind(stage, port, *available[port.field])
+            available.update({p.field: (stage.instance, p) for p in stage.bound_outputs()})
+        for knob in self.knobs.values():
+            for target in knob.targets:
+                self.value_at(target)
+
+    def value_at(self, path: str) -> Any:
+        """The resolved value at a dotted ``stages.<name>.<param>[.<key>]`` path."""
+        parts = path.split(".")
+        if parts[0] != "stages" or len(parts) < 3:
+            raise ConfigError(f"{path!r} is not a stages.<stage>.<param> path")
+        node: Any = self.stage(parts[1]).to_dict().get("params", {})
+        for part in parts[2:]:
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(
+                    f"{path!r} names no parameter of this pipeline (set it explicitly in the "
+                    f"stage's params to make it adjustable)"
+                )
+            node = node[part]
+        return node
 
     def _names(self) -> str:
         return ", ".join(s.instance for s in self.stages)
 
+    def flow(self) -> str:
+        """The data flow, one line per stage: what it reads (and from whom) and what it writes."""
+        writer = {p.field: "query" for p in QUERY_PORTS}
+        lines = []
+        for stage in self.stages:
+            reads = [f"{p.field} ({p.kind}, from {writer[p.field]})" for p in stage.bound_inputs()]
+            writes = [f"{p.field} ({p.kind})" for p in stage.bound_outputs()]
+            head = (
+                stage.instance
+                if stage.instance == stage.name
+                else f"{stage.instance} [{stage.name}]"
+            )
+            scope = ", whole query set" if stage.whole_set else ""
+            lines.append(f"{head}{scope}\n  reads:  {'; '.join(reads) or '-'}")
+            lines.append(f"  writes: {'; '.join(writes) or '-'}")
+            writer.update({p.field: stage.instance for p in stage.bound_outputs()})
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ running
     def setup(self, ctx: Context) -> None:
-        """Load every stage's models (shared through ``ctx.resources``)."""
+        """Load every stage's models now (the demo warms up this way)."""
         for stage in self.stages:
             stage.setup(ctx)
 
@@ -146,87 +233,74 @@ class Pipeline:
         resources: Resources | None = None,
         device: str | None = None,
         progress: bool | None = None,
-        on_stage: Callable[[int, int, str], None] | None = None,
+        on_stage: OnStage | None = None,
+        keep_models: bool = False,
     ) -> list[QueryState]:
-        """Run every query through the stages, ``batch_size`` queries at a time.
+        """Run every query through the stages, stage by stage.
+
+        Each stage runs over the whole query set before the next starts, ``batch_size`` queries
+        at a time (a stage whose rule spans the set sees all of it at once). A model is loaded
+        when the first stage naming it starts and released after the last one, so peak memory
+        is the largest stage's, not the sum.
 
         Args:
             queries: the requests.
             index: the ``GalleryIndex`` to search (stages that need none accept None).
-            batch_size: queries per batch (each stage sees a whole batch at once).
+            batch_size: queries per stage call.
             cache: a ``ContentCache`` for captions, LLM outputs and embeddings, or None.
             resources: shared model cache (defaults to the process-wide one).
             device: force a device for models; automatic when None.
-            progress: show a progress bar (default: when there is more than one batch).
-            on_stage: called as ``on_stage(position, number_of_stages, stage_name)`` before each
-                stage runs on a batch (for progress displays).
+            progress: show progress bars (default: when there is more than one batch).
+            on_stage: called as ``on_stage(position, number_of_stages, stage_name)`` before
+                each stage runs.
+            keep_models: keep the models loaded after the run (interactive search, the demo);
+                by default each is released after the last stage that uses it.
 
         Returns:
             One ``QueryState`` per query, in order, with ranking and trace.
         """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        queries = list(queries)
-        show = progress if progress is not None else len(queries) > batch_size
-        ctx = Context(index, resources or default_resources, cache, device, show)
-        self.setup(ctx)
-        out: list[QueryState] = []
-        with tqdm(total=len(queries), desc=self.name or "pipeline", disable=not show) as bar:
-            for start in range(0, len(queries), batch_size):
-                batch = queries[start : start + batch_size]
-                out.extend(self.run_batch([QueryState(q) for q in batch], ctx, on_stage))
-                bar.update(len(batch))
-        return out
+        group = RunGroup(list(queries), index)
+        return self.run_groups(
+            [group], batch_size, cache, resources, device, progress, on_stage, keep_models
+        )[0]
 
-    def run_batch(
+    def run_groups(
         self,
-        states: list[QueryState],
-        ctx: Context,
-        on_stage: Callable[[int, int, str], None] | None = None,
-    ) -> list[QueryState]:
-        """Run the stages over one batch of states (models must be set up)."""
-        for position, stage in enumerate(self.stages):
-            if on_stage is not None:
-                on_stage(position, len(self.stages), stage.instance)
-            for state in states:
-                state.trace.append(StageRecord(stage=stage.name, name=stage.instance))
-            started = time.perf_counter()
-            states = stage.run(states, ctx)
-            share = (time.perf_counter() - started) / max(len(states), 1)
-            for state in states:
-                stage.record(state).seconds += share
-        return states
+        groups: Sequence[RunGroup],
+        batch_size: int = 32,
+        cache: Any = None,
+        resources: Resources | None = None,
+        device: str | None = None,
+        progress: bool | None = None,
+        on_stage: OnStage | None = None,
+        keep_models: bool = False,
+        keep_artifacts: bool = True,
+        keep_embeddings: bool = True,
+    ) -> list[list[QueryState]]:
+        """Run several query sets, each over its own index (FashionIQ's three categories),
+        stage by stage across all of them; see :func:`cir.execution.execute`."""
+        return execute(
+            self,
+            groups,
+            batch_size=batch_size,
+            cache=cache,
+            resources=resources,
+            device=device,
+            progress=progress,
+            on_stage=on_stage,
+            keep_models=keep_models,
+            keep_artifacts=keep_artifacts,
+            keep_embeddings=keep_embeddings,
+        )
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}: {' -> '.join(s.instance for s in self.stages)})"
 
 
-# ---------------------------------------------------------------------- loading by name
-def list_pipelines() -> list[str]:
-    """Names of the shipped pipelines (``load_pipeline`` accepts each)."""
-    return sorted(p.stem for p in shipped_dir("pipelines").glob("*.yaml"))
-
-
-def pipeline_path(name_or_path: str | Path) -> Path:
-    """The YAML file for a shipped pipeline name or a path."""
-    if _is_file(name_or_path):
-        return Path(name_or_path)
-    text = str(name_or_path)
-    if text.endswith((".yaml", ".yml")) or "/" in text:
-        raise ConfigError(f"pipeline file {text!r} does not exist")
-    path = shipped_dir("pipelines") / f"{text}.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"unknown pipeline {text!r}; shipped pipelines: {', '.join(list_pipelines())} "
-            "(or give the path of a YAML file)"
-        )
-    return path
-
-
 def load_pipeline(
     name_or_path: str | Path,
     overrides: Iterable[str] | dict[str, Any] = (),
-    preset: str | None = None,
+    preset: str | Sequence[str] | None = None,
 ) -> Pipeline:
     """Load a shipped pipeline by name (``"clip_fusion"``) or a YAML file by path.
 
@@ -236,67 +310,7 @@ def load_pipeline(
     return Pipeline.from_yaml(pipeline_path(name_or_path), overrides, preset)
 
 
-# ---------------------------------------------------------------------- overrides
-def parse_override(text: str) -> tuple[str, Any]:
-    """``"stages.fuse.alpha=0.7"`` -> ``("stages.fuse.alpha", 0.7)`` (value parsed as YAML)."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r} must look like stages.<stage>.<param>=<value>")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def apply_overrides(
-    spec: dict[str, Any], overrides: Iterable[str] | dict[str, Any]
-) -> dict[str, Any]:
-    """A copy of ``spec`` with dotted overrides applied (``stages.<name>.<param>[.<key>...]``)."""
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
-    spec = copy.deepcopy(spec)
-    for key, value in items:
-        parts = key.split(".")
-        if parts[0] != "stages" or len(parts) < 3:
-            if len(parts) == 1 and parts[0] in ("name", "description"):
-                spec[parts[0]] = value
-                continue
-            raise ConfigError(f"override {key!r} must start with stages.<stage name>.<param>")
-        entry = _find_entry(spec, parts[1])
-        target = entry.setdefault("params", {})
-        for part in parts[2:-1]:
-            target = target.setdefault(part, {})
-            if not isinstance(target, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        target[parts[-1]] = value
-    return spec
-
-
-def _entries(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    entries = spec.get("stages")
-    if not isinstance(entries, list) or not entries:
-        raise ConfigError("a pipeline needs a non-empty list under `stages:`")
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "stage" not in entry:
-            raise ConfigError(f"stages[{i}] must be a mapping with a `stage:` key, got {entry!r}")
-        unknown = set(entry) - _ENTRY_KEYS
-        if unknown:
-            raise ConfigError(
-                f"stages[{i}] ({entry['stage']}): unknown key(s) {', '.join(sorted(unknown))}; "
-                f"valid keys: stage, name, params (stage parameters go under `params:`)"
-            )
-    return entries
-
-
-def _find_entry(spec: dict[str, Any], name: str) -> dict[str, Any]:
-    entries = _entries(spec)
-    for entry in entries:
-        if entry.get("name", entry["stage"]) == name:
-            return entry
-    names = ", ".join(e.get("name", e["stage"]) for e in entries)
-    raise ConfigError(f"override names stage {name!r}, but the pipeline's stages are: {names}")
-
-
+# ---------------------------------------------------------------------- helpers
 def _build_stage(entry: dict[str, Any], position: int) -> Stage:
     cls = stage_class(entry["stage"])
     params = entry.get("params") or {}
@@ -305,14 +319,18 @@ def _build_stage(entry: dict[str, Any], position: int) -> Stage:
     return cls(entry.get("name"), **params)
 
 
+def _check_kind(stage: Stage, port: Port, writer: str, written: Port) -> None:
+    """One vector cannot be read where N were written (combine them first)."""
+    if port.kind == "vector" and written.kind == "vectors":
+        raise ConfigError(
+            f"stage {stage.instance!r} reads {port.field!r} as one vector, but {writer!r} "
+            "writes several there; combine them first (encode_text `combine: mean`, or an "
+            "`ensemble` stage)"
+        )
+
+
 def _missing_message(stage: Stage, field: str, available: set[str]) -> str:
-    writers = []
-    for name, cls in registered_stages().items():
-        try:
-            if field in cls().writes:
-                writers.append(name)
-        except ConfigError:
-            continue
+    writers = [hint for name, cls in registered_stages().items() if (hint := _writer(cls, field))]
     hint = f"stages that can write it: {', '.join(writers)}" if writers else "no stage writes it"
     return (
         f"stage {stage.instance!r} reads {field!r}, but no earlier stage writes it ({hint}); "
@@ -320,8 +338,22 @@ def _missing_message(stage: Stage, field: str, available: set[str]) -> str:
     )
 
 
-def _is_file(source: str | Path) -> bool:
+def _writer(cls: type[Stage], field: str) -> str | None:
+    """``name`` or ``name (output: x)`` when stage class ``cls`` can write ``field``."""
     try:
-        return Path(source).is_file()
-    except (OSError, ValueError):
-        return False
+        ports = cls().outputs
+    except ConfigError:
+        return None
+    for port in ports:
+        head, _, tail = port.field.partition("{")
+        param = port.param
+        if port.field == field:
+            return cls.name
+        if (
+            param
+            and field.startswith(head)
+            and tail.endswith("}")
+            and "." not in field[len(head) :]
+        ):
+            return f"{cls.name} ({param}: {field[len(head) :]})"
+    return None

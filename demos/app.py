@@ -296,7 +296,8 @@ def _initial(knobs: dict[str, Knob], key: str, low: float, high: float) -> dict[
     knob = knobs.get(key)
     if knob is None:
         return {"minimum": low, "maximum": high, "visible": False}
-    return {"minimum": low, "maximum": max(high, knob.value), "value": knob.value}
+    top = max(knob.high, float(knob.value))
+    return {"minimum": knob.low, "maximum": top, "value": knob.value}
 
 
 def _gradio_major() -> int:

@@ -179,12 +179,13 @@ def _ids(outcome: Outcome) -> list[str]:
 def _slider_update(knob: Knob | None, default_max: float):
     if knob is None:
         return gr.update(visible=False)
-    top = max(default_max, float(knob.value))
     return gr.update(
         visible=True,
         value=knob.value,
-        maximum=top,
-        label=f"{_KNOB_LABELS[knob.key]} — {knob.stage}.{knob.param}",
+        minimum=knob.low,
+        maximum=max(knob.high, float(knob.value)),
+        step=knob.step,
+        label=knob.label,
     )
 
 
@@ -192,6 +193,3 @@ def _choice_update(knob: Knob | None):
     if knob is None:
         return gr.update(visible=False, value=None)
     return gr.update(visible=True, choices=list(knob.choices), value=knob.value)
-
-
-_KNOB_LABELS = {"alpha": "α", "beta": "β", "top_k": "Results (top-k)"}

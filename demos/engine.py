@@ -8,12 +8,10 @@ never share mutable stage objects.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 import traceback
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +20,11 @@ from typing import Any
 from PIL import Image
 
 from cir import CirError, ConfigError, DataError, Query, QueryState, load_pipeline
+from cir.context import Context
 from cir.pipeline import apply_overrides, parse_override, pipeline_path
+from cir.pipeline_file import KNOB_KEYS
+from cir.pipeline_file import Knob as DeclaredKnob
 from cir.resources import Resources, default_resources
-from cir.stages.base import Context
 
 from .safety import redact_secrets
 
@@ -36,25 +36,24 @@ StageCallback = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class Knob:
-    """A main parameter of a pipeline the page lets people change.
+    """A control the page shows for one pipeline: the declared knob and its current value.
 
     Attributes:
-        key: ``alpha``, ``beta``, ``top_k`` or ``rerank_mode``.
-        stage: the stage instance that owns the parameter.
-        param: the parameter's name in that stage.
-        value: the pipeline's own value.
-        choices: the valid values of a choice parameter (re-ranking mode).
+        key: ``alpha``, ``beta``, ``top_k`` or ``rerank_mode`` (the page's control).
+        label: what the pipeline calls it.
+        targets: the parameters the value is written to (one value may feed several).
+        value: the pipeline's own value (of the first target).
+        low / high / step: a slider's range; ``choices``: a choice control's values.
     """
 
     key: str
-    stage: str
-    param: str
+    label: str
+    targets: tuple[str, ...]
     value: Any
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
     choices: tuple[str, ...] = ()
-
-    @property
-    def override(self) -> str:
-        return f"stages.{self.stage}.{self.param}"
 
 
 @dataclass
@@ -111,7 +110,10 @@ class DemoEngine:
         self._overrides = _assign_overrides(self._specs, [parse_override(o) for o in overrides])
         loaded = {name: self.load(name) for name in self._specs}  # validates every pipeline
         self._descriptions = {name: pipe.description for name, pipe in loaded.items()}
-        self._knobs = {name: find_knobs(pipe.stages) for name, pipe in loaded.items()}
+        self._declared = {name: declared_knobs(pipe) for name, pipe in loaded.items()}
+        self._knobs = {
+            name: page_knobs(pipe, self._declared[name]) for name, pipe in loaded.items()
+        }
         self._lock = threading.Lock()
         self.answered = 0
         self.failed = 0
@@ -191,9 +193,10 @@ class DemoEngine:
         overrides = self._settings_to_overrides(name, settings)
         pipe = self.load(name, overrides)
         query = self._query(pipe, text, image, reference_id)
-        if exclude_reference and query.reference_id and "top_k" in self.knobs(name):
-            retrieve = self.knobs(name)["top_k"].stage
-            pipe = self.load(name, {**overrides, f"stages.{retrieve}.exclude_reference": True})
+        retrieves = [s.instance for s in pipe.stages if s.name == "retrieve"]
+        if exclude_reference and query.reference_id and retrieves:
+            flags = {f"stages.{r}.exclude_reference": True for r in retrieves}
+            pipe = self.load(name, {**overrides, **flags})
         outcome.settings = overrides
         outcome.resolved = pipe.to_dict()
         states = pipe.run(
@@ -205,6 +208,7 @@ class DemoEngine:
             device=self.device,
             progress=False,
             on_stage=on_stage,
+            keep_models=True,
         )
         outcome.state = states[0]
 
@@ -228,7 +232,7 @@ class DemoEngine:
         return Query(text, reference=image, reference_id=ref_id or None, id="demo")
 
     def _settings_to_overrides(self, name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-        knobs = self.knobs(name)
+        knobs = self._declared[name]
         unknown = sorted(set(settings) - set(KNOB_KEYS))
         if unknown:
             raise ConfigError(
@@ -239,7 +243,7 @@ class DemoEngine:
             knob = knobs.get(key)
             if knob is None or value is None:
                 continue  # the pipeline has no such knob: the page shows it disabled
-            out[knob.override] = _coerce(knob, value)
+            out.update(knob.overrides(value))
         return out
 
     def _check_name(self, name: str) -> str:
@@ -262,43 +266,26 @@ class DemoEngine:
 
 
 # ---------------------------------------------------------------------- knobs
-KNOB_KEYS = ("alpha", "beta", "top_k", "rerank_mode")
-
-
-def find_knobs(stages: Sequence[Any]) -> dict[str, Knob]:
-    """The knobs a list of stages offers: the first ``alpha`` and ``beta`` parameters, the last
-    ``retrieve`` stage's ``k`` and the ``rerank`` stage's ``mode``."""
-    knobs: dict[str, Knob] = {}
-    for stage in stages:
-        values = {f.name: getattr(stage.params, f.name) for f in dataclasses.fields(stage.params)}
-        for param in ("alpha", "beta"):
-            if isinstance(values.get(param), int | float) and param not in knobs:
-                knobs[param] = Knob(param, stage.instance, param, float(values[param]))
-        if stage.name == "retrieve":
-            knobs["top_k"] = Knob("top_k", stage.instance, "k", int(values["k"]))
-        if stage.name == "rerank" and "mode" in values:
-            choices = _literal_choices(type(stage.params), "mode") or (values["mode"],)
-            knobs["rerank_mode"] = Knob(
-                "rerank_mode", stage.instance, "mode", values["mode"], choices
-            )
+def declared_knobs(pipe: Any) -> dict[str, DeclaredKnob]:
+    """The knobs a pipeline declares (its ``knobs:`` section); the number of results is offered
+    for the last ``retrieve`` stage when the pipeline does not declare it."""
+    knobs = dict(pipe.knobs)
+    retrieves = [s.instance for s in pipe.stages if s.name == "retrieve"]
+    if "top_k" not in knobs and retrieves:
+        target = (f"stages.{retrieves[-1]}.k",)
+        knobs["top_k"] = DeclaredKnob("top_k", "Results (top-k)", target, 1.0, 200.0, 1.0)
     return knobs
 
 
-def _literal_choices(params_cls: type, name: str) -> tuple[str, ...]:
-    hint = typing.get_type_hints(params_cls).get(name)
-    if typing.get_origin(hint) is typing.Literal:
-        return tuple(str(v) for v in typing.get_args(hint))
-    return ()
-
-
-def _coerce(knob: Knob, value: Any) -> Any:
-    if knob.key == "top_k":
-        return int(value)
-    if knob.key == "rerank_mode":
-        if knob.choices and value not in knob.choices:
-            raise ConfigError(f"re-ranking mode {value!r} is not one of {', '.join(knob.choices)}")
-        return str(value)
-    return float(value)
+def page_knobs(pipe: Any, declared: Mapping[str, DeclaredKnob]) -> dict[str, Knob]:
+    """The page's view of each declared knob, with the pipeline's current value."""
+    out = {}
+    for key, knob in declared.items():
+        value = pipe.value_at(knob.targets[0])
+        out[key] = Knob(
+            key, knob.label, knob.targets, value, knob.low, knob.high, knob.step, knob.choices
+        )
+    return out
 
 
 # ---------------------------------------------------------------------- helpers

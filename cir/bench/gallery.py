@@ -1,13 +1,14 @@
 """Benchmark gallery indexes: built once per (dataset, gallery, encoder), then reused.
 
 An index lives in ``<cache>/indexes/<dataset>[-<part>]-<gallery hash>-<encoder hash>/index`` with
-a ``bench.json`` naming the encoder spec and the hash of the gallery listing (ids and paths). A
-later run with the same encoder over the same gallery loads it instead of encoding again;
-an interrupted build resumes shard by shard. Index ids are the benchmark's image ids (COCO ids,
-CIRR names, FashionIQ ASINs).
+a ``bench.json`` naming the encoder (model, weights, preprocessing, dtype) and the hash of the
+gallery listing (ids and paths). A later run with the same encoder over the same gallery loads it
+instead of encoding again; an interrupted build resumes shard by shard. Index ids are the
+benchmark's image ids (COCO ids, CIRR names, FashionIQ ASINs).
 
 Example:
-    >>> index, info = gallery_index("cirr", part, "ViT-L-14/openai", Path("~/.cache/cir"))
+    >>> spec = EncoderSpec("ViT-L-14/openai", preprocessing="targetpad")
+    >>> index, info = gallery_index("cirr", part, spec, Path("~/.cache/cir"))
     >>> info["reused"]
     True
 """
@@ -23,6 +24,8 @@ from typing import Any
 
 from cir.bench.datasets import Part
 from cir.errors import DataError
+from cir.models.spec import EncoderSpec
+from cir.resources import Resources, default_resources
 
 MARKER = "bench.json"
 
@@ -35,11 +38,11 @@ def gallery_fingerprint(part: Part) -> str:
     return digest.hexdigest()
 
 
-def index_folder(cache_root: Path, dataset: str, part: Part, encoder: str) -> Path:
+def index_folder(cache_root: Path, dataset: str, part: Part, encoder: EncoderSpec) -> Path:
     """``<cache>/indexes/<dataset>[-<part>]-<gallery hash>-<encoder hash>``: splits sharing a
     gallery (CIRCO's val and test both rank COCO unlabeled) share the index."""
     gallery = gallery_fingerprint(part)[:12]
-    tag = hashlib.sha256(encoder.encode()).hexdigest()[:12]
+    tag = hashlib.sha256(encoder.fingerprint().encode()).hexdigest()[:12]
     name = "-".join(x for x in (dataset, part.name, gallery, tag) if x)
     return Path(cache_root) / "indexes" / name
 
@@ -47,11 +50,12 @@ def index_folder(cache_root: Path, dataset: str, part: Part, encoder: str) -> Pa
 def gallery_index(
     dataset: str,
     part: Part,
-    encoder: str,
+    encoder: EncoderSpec,
     cache_root: Path,
     device: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    resources: Resources | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """The part's gallery index (loaded when a matching one exists, else built) and facts
     about it for the manifest (folder, reused, encoder key, size, skipped images, seconds)."""
@@ -61,18 +65,19 @@ def gallery_index(
     fingerprint = gallery_fingerprint(part)
     marker = _read_marker(folder)
     started = time.perf_counter()
-    reused = marker.get("encoder") == encoder and marker.get("gallery") == fingerprint
+    reused = marker.get("encoder") == encoder.to_dict() and marker.get("gallery") == fingerprint
     if reused:
         index = GalleryIndex.load(folder / "index", device=device)
     else:
-        index = _build(part, encoder, folder, device, workers, progress)
+        resources = resources or default_resources
+        index = _build(part, encoder, folder, device, workers, progress, resources)
         skipped = [s.get("path", str(s)) for s in index.skipped]
         _write_marker(folder, encoder, fingerprint, index.encoder_key, skipped)
         marker = _read_marker(folder)
     return index, {
         "folder": str(folder),
         "reused": reused,
-        "encoder": encoder,
+        "encoder": encoder.to_dict(),
         "encoder_key": index.encoder_key,
         "images": len(index),
         "skipped": marker.get("skipped", []),
@@ -80,16 +85,13 @@ def gallery_index(
     }
 
 
-def _build(part: Part, encoder_spec: str, folder: Path, device, workers: int, progress: bool):
-    """Encode the gallery, then store it under the benchmark's ids."""
+def _build(part: Part, spec: EncoderSpec, folder: Path, device, workers, progress, resources):
+    """Encode the gallery (with the encoder's preprocessing), then store it under the
+    benchmark's ids."""
     from cir.index import GalleryIndex
-    from cir.models import load_encoder
-    from cir.resources import default_resources
+    from cir.models.shared import shared_encoder
 
-    encoder = default_resources.get(
-        ("encoder", encoder_spec, None, device, "default"),
-        lambda: load_encoder(encoder_spec, device=device),
-    )
+    encoder = shared_encoder(resources, spec, device)
     raw_dir = folder / "raw"
     raw = GalleryIndex.build(
         list(part.gallery.values()), encoder, out=raw_dir, num_workers=workers, progress=progress
@@ -123,6 +125,11 @@ def _read_marker(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_marker(folder: Path, encoder: str, fingerprint: str, key, skipped) -> None:
-    data = {"encoder": encoder, "encoder_key": key, "gallery": fingerprint, "skipped": skipped}
+def _write_marker(folder: Path, encoder: EncoderSpec, fingerprint: str, key, skipped) -> None:
+    data = {
+        "encoder": encoder.to_dict(),
+        "encoder_key": key,
+        "gallery": fingerprint,
+        "skipped": skipped,
+    }
     (folder / MARKER).write_text(json.dumps(data, indent=2), encoding="utf-8")

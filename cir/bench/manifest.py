@@ -161,6 +161,9 @@ def build_manifest(
     resolved = pipeline.to_dict()
     models = model_ids(resolved)
     encoder = run.get("index", {}).get("encoder")
+    if isinstance(encoder, dict):
+        label = encoder.get("model", "")
+        encoder = f"{label}/{encoder['pretrained']}" if encoder.get("pretrained") else label
     if encoder and encoder not in models:
         models.append(encoder)
     manifest = {

@@ -95,6 +95,18 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def _deviation_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """The declared differences from the paper that applied to this run."""
+    deviations = manifest.get("deviations")
+    if deviations is None:
+        return []
+    if not deviations:
+        return ["Deviations from the paper's setting: none declared.", ""]
+    lines = ["## Deviations from the paper's setting", ""]
+    lines += [f"- **{d['what']}** — {d['why']} Expected effect: {d['effect']}" for d in deviations]
+    return [*lines, ""]
+
+
 def write_report(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     """Write ``report.md`` (and its plots) for a run into ``run_dir``; returns the report path."""
     run_dir = Path(run_dir)
@@ -103,12 +115,13 @@ def write_report(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     lines = [f"# {title}", ""]
     lines += [
         f"- queries: {manifest.get('queries')}",
-        f"- pipeline: `{manifest['pipeline'].get('name', '')}` (preset: "
-        f"{manifest.get('preset') or 'none'})",
+        f"- pipeline: `{manifest['pipeline'].get('name', '')}` (presets: "
+        f"{', '.join(manifest.get('presets') or []) or 'none'})",
         f"- models: {', '.join(f'`{m}`' for m in manifest.get('models', [])) or 'none'}",
         f"- created: {manifest.get('created')}",
         "",
     ]
+    lines += _deviation_lines(manifest)
     if metrics:
         lines += ["## Metrics", ""]
         lines += [

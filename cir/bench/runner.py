@@ -1,10 +1,15 @@
 """``cir bench run``: a pipeline over a benchmark split, from gallery index to report.
 
 Steps: check the data; build (or reuse from the cache folder) one gallery index per
-(dataset, split, part, encoder); run the pipeline with the content cache, the benchmark's
-protocol set on every ``retrieve`` stage by overrides (so no pipeline needs editing); write the
-rankings in the official formats (validated first), the metrics for ``val``, a manifest and a
-report.
+(dataset, split, part, encoder) with the pipeline's declared encoder and preprocessing; run the
+pipeline stage by stage over the whole split (every part at once, each against its own index)
+with the content cache, the dataset's and backbone's presets and the benchmark's protocol set
+on every ``retrieve`` stage by overrides (so no pipeline needs editing); write the rankings in the
+official formats (validated first), the metrics for ``val``, a manifest and a report.
+
+A run that is killed and started again continues from what it finished: the gallery index resumes
+shard by shard and every caption, LLM answer and embedding already computed comes from the
+content cache, so the predictions written are the same.
 
 Example:
     >>> result = run_benchmark("cirr", "val", data_root="/data/cirr", pipeline="clip_fusion",
@@ -22,8 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from cir.bench.datasets import BenchDataset, Part, Protocol, get_dataset
 from cir.bench.evaluate import score
 from cir.bench.gallery import gallery_index
@@ -32,6 +35,9 @@ from cir.bench.metrics import subset_ranking
 from cir.bench.report import write_report
 from cir.bench.submission import write_submission
 from cir.errors import ConfigError, DataError
+from cir.execution import RunGroup
+from cir.models.spec import EncoderSpec
+from cir.resources import Resources, default_resources
 from cir.types import QueryState
 
 
@@ -78,6 +84,7 @@ def run_benchmark(
     device: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    resources: Resources | None = None,
 ) -> BenchResult:
     """Run ``pipeline`` on a benchmark split and write predictions, metrics, manifest, report.
 
@@ -88,11 +95,13 @@ def run_benchmark(
         pipeline: a shipped pipeline name or a YAML path.
         out_dir: the run folder (default ``runs/<dataset>-<split>-<pipeline>-<time>``).
         cache_dir: gallery indexes and the content cache (default: the cir cache folder).
-        encoder: the CLIP encoder of the gallery index (default: the first ``model`` an
-            ``encode_image``/``encode_text`` stage names).
+        encoder: the CLIP encoder of the gallery index (default: the pipeline's ``encoder:``,
+            whose preprocessing is kept).
         limit: only the first N queries (the gallery stays whole; no submission is complete).
-        overrides / preset: as for ``cir search``; the dataset's preset applies by default.
+        overrides / preset: as for ``cir search``; by default the presets named after the
+            dataset and the backbone apply (``cirr``, ``@ViT-bigG-14``, ``cirr@ViT-bigG-14``).
         workers: DataLoader workers for building an index.
+        resources: the model cache (its load/release events go into the manifest).
     """
     ds = get_dataset(
         dataset, data_root, image_root=image_root, text_rule=text_rule,
@@ -101,23 +110,31 @@ def run_benchmark(
     started = time.perf_counter()
     parts = _limit(ds.parts(split), limit)
     _check_images(ds, split)
-    pipe, preset = _load(pipeline, overrides, preset, ds, parts)
-    encoder = encoder or _pipeline_encoder(pipe)
+    pipe, presets, spec = _load(pipeline, overrides, preset, ds, parts, encoder)
     cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
     cache = None if no_cache else _content_cache(cache_root)
     out = Path(out_dir) if out_dir else _default_out(ds.name, split, pipe.name)
     out.mkdir(parents=True, exist_ok=True)
+    resources = resources or default_resources
+    first_event = len(resources.events)
 
     outcome = _Outcome()
+    groups = []
+    for part in parts:
+        index, info = gallery_index(
+            ds.name, part, spec, cache_root, device, workers, progress, resources
+        )
+        outcome.indexes[part.name or ds.name] = info
+        groups.append(RunGroup(part.queries, index))
+    results = pipe.run_groups(
+        groups, batch_size, cache, resources, device, progress,
+        keep_artifacts=False, keep_embeddings=False,
+    )  # fmt: skip
+    _release_encoder(resources, spec, device)
     with (out / "queries.jsonl").open("w", encoding="utf-8") as details:
-        for part in parts:
-            index, info = gallery_index(
-                ds.name, part, encoder, cache_root, device, workers, progress
-            )
-            outcome.indexes[part.name or ds.name] = info
-            for states in _run_chunks(pipe, part, index, batch_size, cache, device, progress):
-                outcome.add(states, ds.protocol)
-                details.writelines(json.dumps(_detail(s)) + "\n" for s in states)
+        for states in results:
+            outcome.add(states, ds.protocol)
+            details.writelines(json.dumps(_detail(s)) + "\n" for s in states)
     run_info = {
         "dataset": ds.name,
         "split": split,
@@ -126,11 +143,13 @@ def run_benchmark(
         "text_rule": ds.text_rule,
         "protocol": vars(ds.protocol),
         "complete": limit is None,
-        "preset": preset,
+        "presets": list(presets),
         "overrides": list(overrides),
-        "index": {"encoder": encoder},
+        "deviations": [d.to_dict() for d in pipe.active_deviations()],
+        "index": {"encoder": spec.to_dict()},
         "indexes": outcome.indexes,
         "content_cache": cache.stats.to_dict() if cache is not None else None,
+        "model_lifecycle": lifecycle_summary(resources, first_event),
     }
     return _write_outputs(ds, split, parts, pipe, outcome, out, run_info, started)
 
@@ -206,16 +225,67 @@ def _check_images(ds: BenchDataset, split: str) -> None:
         )
 
 
-def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part]):
-    """The pipeline with the dataset's preset (by default) and the protocol on every retrieve."""
+def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part], encoder):
+    """The pipeline with its presets (by default the dataset's and the backbone's), the
+    encoder override, and the benchmark's protocol on every retrieve stage."""
     from cir.pipeline import load_pipeline
+    from cir.pipeline_file import preset_names
 
-    first = load_pipeline(pipeline, overrides, preset)
-    if preset is None and ds.name in first.presets:
-        preset = ds.name
+    overrides = [*overrides, *_encoder_overrides(encoder)]
+    first = load_pipeline(pipeline, overrides)
+    spec = first.encoder or _legacy_encoder(first)
+    if preset is not None:
+        presets = [preset]
+    else:
+        presets = preset_names(first.presets, ds.name, spec.backbone)
+    first = load_pipeline(pipeline, overrides, presets)
+    spec = first.encoder or spec
     largest = max((len(p.gallery) for p in parts), default=0)
     protocol = protocol_overrides(first, ds.protocol, largest)
-    return load_pipeline(pipeline, [*overrides, *protocol], preset), preset
+    return load_pipeline(pipeline, [*overrides, *protocol], presets), presets, spec
+
+
+def _encoder_overrides(encoder: str | None) -> list[str]:
+    """``--encoder NAME`` replaces the pipeline's model and weights, keeping its preprocessing."""
+    if encoder is None:
+        return []
+    return [f"encoder.model={encoder}", "encoder.pretrained=null"]
+
+
+def _legacy_encoder(pipe: Any) -> EncoderSpec:
+    """A pipeline without an ``encoder:`` section: the first model an encoding stage names."""
+    for stage in pipe.stages:
+        if stage.name in ("encode_image", "encode_text"):
+            model = getattr(stage.params, "model", None)
+            if model:
+                return EncoderSpec(model, getattr(stage.params, "pretrained", None))
+    raise ConfigError(
+        f"pipeline {pipe.name!r} declares no `encoder:` and its encoders use the index's; "
+        "give the gallery encoder with --encoder, e.g. --encoder ViT-L-14/openai"
+    )
+
+
+def _release_encoder(resources: Resources, spec: EncoderSpec, device) -> None:
+    from cir.models.shared import encoder_key
+
+    resources.release(encoder_key(spec, device))
+
+
+def lifecycle_summary(resources: Resources, since: int = 0) -> dict[str, Any]:
+    """Which models a run loaded and released, in order, and the most language models that
+    were resident at once (the run's memory plan at work)."""
+    events = resources.events[since:]
+    return {
+        "events": [{"action": e.action, "model": _model_label(e.key)} for e in events],
+        "peak_language_models": resources.peak_language_models(since),
+    }
+
+
+def _model_label(key: Any) -> str:
+    if isinstance(key, tuple) and key and key[0] == "llm":
+        spec = json.loads(key[1])
+        return f"{spec.get('backend')}:{spec.get('model') or spec.get('name')}"
+    return " ".join(str(part) for part in key) if isinstance(key, tuple) else str(key)
 
 
 def protocol_overrides(pipe: Any, protocol: Protocol, gallery_size: int) -> list[str]:
@@ -241,18 +311,6 @@ def protocol_overrides(pipe: Any, protocol: Protocol, gallery_size: int) -> list
     return out
 
 
-def _pipeline_encoder(pipe: Any) -> str:
-    for stage in pipe.stages:
-        if stage.name in ("encode_image", "encode_text"):
-            model = getattr(stage.params, "model", None)
-            if model:
-                return model
-    raise ConfigError(
-        f"pipeline {pipe.name!r} names no CLIP model (its encoders use the index's); "
-        "give the gallery encoder with --encoder, e.g. --encoder ViT-L-14/openai"
-    )
-
-
 def _default_cache_dir() -> Path:
     from cir.cache import default_cache_dir
 
@@ -270,20 +328,7 @@ def _default_out(dataset: str, split: str, pipeline: str) -> Path:
     return Path("runs") / f"{dataset}-{split}-{pipeline or 'pipeline'}-{stamp}"
 
 
-# ----------------------------------------------------------------------------- running
-def _run_chunks(pipe, part: Part, index, batch_size, cache, device, progress):
-    """Run the part's queries a few batches at a time (rankings are kept, states dropped)."""
-    chunk = batch_size * 8
-    label = f"{pipe.name or 'pipeline'} {part.name}".strip()
-    with tqdm(total=len(part.queries), desc=label, disable=not progress, unit="query") as bar:
-        for start in range(0, len(part.queries), chunk):
-            queries = part.queries[start : start + chunk]
-            yield pipe.run(
-                queries, index, batch_size=batch_size, cache=cache, device=device, progress=False
-            )
-            bar.update(len(queries))
-
-
+# ----------------------------------------------------------------------------- outputs
 def _detail(state: QueryState) -> dict[str, Any]:
     """A compact per-query record: texts the stages wrote and the top 10."""
     ranking = state.ranking
@@ -310,4 +355,4 @@ def _write_json(path: Path, obj: Any) -> Path:
     return path
 
 
-__all__ = ["BenchResult", "protocol_overrides", "run_benchmark"]
+__all__ = ["BenchResult", "lifecycle_summary", "protocol_overrides", "run_benchmark"]

@@ -79,10 +79,10 @@ def caption_command(
     Captions are written batch by batch to INDEX_DIR/<name>.partial.jsonl, so an interrupted
     run resumes where it stopped; the sidecar is saved with the index at the end.
     """
+    from cir.context import Context
     from cir.gallery_captions import caption_gallery, import_gallery_captions
     from cir.index import GalleryIndex
-    from cir.stages._encoders import resolve_encoder
-    from cir.stages.base import Context
+    from cir.models.shared import resolve_encoder
 
     if (captioner is None) == (captions_file is None):
         raise ConfigError("give exactly one of --captioner (to caption) or --captions-file")

@@ -65,30 +65,83 @@ def _as_image(value: Any) -> Image.Image:
 
 
 @dataclass(frozen=True)
-class ChatRequest:
-    """A conversation plus sampling settings. Temperature 0 and a fixed seed by default.
+class Sampling:
+    """How a model decodes: the one sampling type of cir, held by requests and stage params.
+
+    Temperature 0 (greedy) and a fixed seed by default, so runs repeat.
 
     Args:
-        messages: the conversation, oldest first.
         max_tokens: most new tokens per sample.
         temperature: 0 is greedy decoding; above 0 samples.
         top_p: nucleus sampling mass (with temperature > 0).
         seed: sampling seed; the same seed gives the same samples.
-        n: number of samples (texts) wanted.
-        json_mode: ask the backend to constrain the answer to a JSON object where it can.
-        logprobs: k > 0 asks for the top-k log-probabilities of the first generated token.
+        num_beams: beam search width for greedy decoding (1: no beam search); the transformers
+            backend supports it, other backends refuse values above 1.
 
     Example:
-        >>> req = ChatRequest.from_prompt("Describe a red dress.", max_tokens=32)
-        >>> req = ChatRequest((ChatMessage("user", "What is shown?", (photo,)),), n=15,
-        ...                   temperature=1.0, top_p=0.9)
+        >>> Sampling(temperature=1.0, top_p=0.9, seed=0)     # LDRE-style sampled captions
+        >>> Sampling(max_tokens=30, num_beams=5)              # CIReVL's BLIP-2 captions
     """
 
-    messages: tuple[ChatMessage, ...]
     max_tokens: int = 256
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    num_beams: int = 1
+
+    def __post_init__(self) -> None:
+        check_sampling(self.max_tokens, self.temperature, self.top_p, self.num_beams)
+
+    @property
+    def sampled(self) -> bool:
+        return self.temperature > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings (cache keys and manifests); ``num_beams`` only when used."""
+        out = dataclasses.asdict(self)
+        if self.num_beams == 1:
+            del out["num_beams"]
+        return out
+
+
+def check_sampling(max_tokens: Any, temperature: Any, top_p: Any, num_beams: Any = 1) -> None:
+    """Range checks of the sampling settings (ValueError naming the valid range)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if num_beams > 1 and temperature > 0:
+        raise ValueError("num_beams > 1 is beam search, which needs temperature 0")
+
+
+_SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(Sampling))
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A conversation, how to decode it, and what to return.
+
+    Args:
+        messages: the conversation, oldest first.
+        sampling: the decoding settings (:class:`Sampling`).
+        n: number of samples (texts) wanted.
+        json_mode: ask the backend to constrain the answer to a JSON object where it can.
+        logprobs: k > 0 asks for the top-k log-probabilities of the first generated token.
+
+    The sampling settings are also readable on the request (``req.temperature``, ...).
+
+    Example:
+        >>> req = ChatRequest.from_prompt("Describe a red dress.", max_tokens=32)
+        >>> req = ChatRequest((ChatMessage("user", "What is shown?", (photo,)),),
+        ...                   Sampling(temperature=1.0, top_p=0.9), n=15)
+    """
+
+    messages: tuple[ChatMessage, ...]
+    sampling: Sampling = Sampling()
     n: int = 1
     json_mode: bool = False
     logprobs: int = 0
@@ -97,16 +150,12 @@ class ChatRequest:
         object.__setattr__(self, "messages", tuple(self.messages))
         if not self.messages or not all(isinstance(m, ChatMessage) for m in self.messages):
             raise ValueError("ChatRequest.messages must be a non-empty sequence of ChatMessage")
-        checks = {
-            "max_tokens must be >= 1": self.max_tokens >= 1,
-            "temperature must be >= 0": self.temperature >= 0,
-            "top_p must be in (0, 1]": 0 < self.top_p <= 1,
-            "n must be >= 1": self.n >= 1,
-            "logprobs must be >= 0": self.logprobs >= 0,
-        }
-        for message, ok in checks.items():
-            if not ok:
-                raise ValueError(f"ChatRequest.{message}")
+        if not isinstance(self.sampling, Sampling):
+            raise TypeError(f"ChatRequest.sampling must be a Sampling, got {self.sampling!r}")
+        if self.n < 1:
+            raise ValueError("ChatRequest.n must be >= 1")
+        if self.logprobs < 0:
+            raise ValueError("ChatRequest.logprobs must be >= 0")
 
     @classmethod
     def from_prompt(
@@ -114,12 +163,37 @@ class ChatRequest:
         text: str,
         images: tuple[Image.Image, ...] | list[Image.Image] = (),
         system: str | None = None,
-        **sampling: Any,
+        **settings: Any,
     ) -> ChatRequest:
-        """A one-turn request: an optional system message, then the user's text and images."""
+        """A one-turn request: an optional system message, then the user's text and images.
+
+        ``settings`` are :class:`Sampling` fields (``max_tokens``, ``temperature``, ...) and
+        request fields (``n``, ``json_mode``, ``logprobs``).
+        """
         messages = [ChatMessage("system", system)] if system else []
         messages.append(ChatMessage("user", text, tuple(images)))
-        return cls(tuple(messages), **sampling)
+        sampling = {k: settings.pop(k) for k in _SAMPLING_FIELDS if k in settings}
+        return cls(tuple(messages), Sampling(**sampling), **settings)
+
+    @property
+    def max_tokens(self) -> int:
+        return self.sampling.max_tokens
+
+    @property
+    def temperature(self) -> float:
+        return self.sampling.temperature
+
+    @property
+    def top_p(self) -> float:
+        return self.sampling.top_p
+
+    @property
+    def seed(self) -> int:
+        return self.sampling.seed
+
+    @property
+    def num_beams(self) -> int:
+        return self.sampling.num_beams
 
     @property
     def images(self) -> list[Image.Image]:
@@ -133,12 +207,16 @@ class ChatRequest:
 
     @property
     def sampled(self) -> bool:
-        return self.temperature > 0
+        return self.sampling.sampled
 
-    def sampling(self) -> dict[str, Any]:
-        """The sampling settings as a JSON-ready dict (for cache keys and manifests)."""
-        names = [f.name for f in dataclasses.fields(self) if f.name != "messages"]
-        return {name: getattr(self, name) for name in names}
+    def settings(self) -> dict[str, Any]:
+        """Sampling and request settings as a JSON-ready dict (for cache keys and manifests)."""
+        return {
+            **self.sampling.to_dict(),
+            "n": self.n,
+            "json_mode": self.json_mode,
+            "logprobs": self.logprobs,
+        }
 
 
 @dataclass
@@ -236,13 +314,23 @@ def _backend_module(name: str):
         ) from None
 
 
-def check_batch(backend: str, requests: list[ChatRequest]) -> list[ChatRequest]:
-    """Type-check a batch handed to ``generate`` (a clear error instead of a deep traceback)."""
+def check_batch(
+    backend: str, requests: list[ChatRequest], beam_search: bool = True
+) -> list[ChatRequest]:
+    """Type-check a batch handed to ``generate`` (a clear error instead of a deep traceback).
+
+    ``beam_search=False`` refuses requests asking for beams, for backends that cannot search.
+    """
     requests = list(requests)
     for i, req in enumerate(requests):
         if not isinstance(req, ChatRequest):
             kind = type(req).__name__
             raise TypeError(f"{backend}.generate: item {i} is {kind}, not a ChatRequest")
+        if req.num_beams > 1 and not beam_search:
+            raise ConfigError(
+                f"{backend} cannot decode with beam search (num_beams={req.num_beams}); use the "
+                "transformers backend for beam-searched captions, or set num_beams: 1"
+            )
     return requests
 
 
@@ -251,8 +339,10 @@ __all__ = [
     "ChatRequest",
     "Generation",
     "LLMBackend",
+    "Sampling",
     "backend_names",
     "check_batch",
+    "check_sampling",
     "load_backend",
     "spec_key",
     "validate_spec",

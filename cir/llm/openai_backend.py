@@ -100,7 +100,7 @@ class OpenAICompatibleLLM:
 
     def generate(self, requests: list[ChatRequest]) -> list[Generation]:
         """Send every request (concurrently, bounded); results come back in request order."""
-        requests = check_batch("OpenAICompatibleLLM", requests)
+        requests = check_batch("OpenAICompatibleLLM", requests, beam_search=False)
         if not requests:
             return []
         return _run_sync(self._generate_all(requests))

@@ -100,7 +100,7 @@ class TransformersLLM:
         """Indices grouped by what one ``generate`` call must share."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
-            key = (req.max_tokens, req.n, req.logprobs, req.sampled)
+            key = (req.max_tokens, req.n, req.logprobs, req.sampled, req.num_beams)
             if req.sampled:
                 key += (req.temperature, req.top_p)
             if self.kind == "captioner":
@@ -121,7 +121,7 @@ class TransformersLLM:
         if first.sampled:
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
         else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs.update(temperature=None, top_p=None, top_k=None, num_beams=first.num_beams)
         cuda = list(range(torch.cuda.device_count())) if self.model.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), torch.inference_mode():  # callers' RNG untouched
             torch.manual_seed(first.seed)

@@ -24,6 +24,8 @@ from cir.resources import Resources, default_resources
 
 # Options that are not arguments of the engine (two specs differing only here share it).
 _CALL_OPTIONS = ("use_chat_template",)
+MEMORY_MARGIN_BYTES = 1 << 30
+"""GPU memory left free when the engine's share is chosen from what is free at start-up."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class Options:
         revision: branch, tag or commit of a hub model (part of the identity).
         dtype: ``auto``, ``float32``, ``float16`` or ``bfloat16``.
         max_model_len: longest prompt plus answer, in tokens (default: the model's).
-        gpu_memory_utilization: share of GPU memory the engine may take.
+        gpu_memory_utilization: share of the GPU's memory the engine may take; by default what
+            is free when the engine starts, less a margin of ``MEMORY_MARGIN_BYTES`` (so an
+            engine never asks for memory another process holds).
         max_num_seqs: most sequences decoded at once.
         tensor_parallel_size: GPUs to split the model over.
         enforce_eager: no CUDA graphs / compilation (needed on the CPU build).
@@ -50,7 +54,7 @@ class Options:
     revision: str | None = None
     dtype: str = "auto"
     max_model_len: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float | None = None
     max_num_seqs: int | None = None
     tensor_parallel_size: int = 1
     enforce_eager: bool = False
@@ -61,7 +65,7 @@ class Options:
     use_chat_template: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 < self.gpu_memory_utilization <= 1:
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be >= 1")
@@ -93,14 +97,13 @@ class VLLMBackend:
 
     def shutdown(self) -> None:
         """Stop the engine's processes now (frees their memory); every backend sharing the
-        engine stops working. Without it they stop when the interpreter exits."""
-        core = getattr(getattr(self.engine, "llm_engine", None), "engine_core", None)
-        if core is not None:
-            core.shutdown()
+        engine stops working. Without it they stop when the interpreter exits, or when a run
+        releases the engine (``Resources.release``)."""
+        stop_engine(self.engine)
 
     def generate(self, requests: list[ChatRequest]) -> list[Generation]:
         """Run the batch in one engine call; results come back in request order."""
-        requests = check_batch("VLLMBackend", requests)
+        requests = check_batch("VLLMBackend", requests, beam_search=False)
         if not requests:
             return []
         try:
@@ -186,7 +189,14 @@ def load_engine(options: Options, resources: Resources | None = None):
     """The ``vllm.LLM`` for these engine arguments, loaded once per ``resources``."""
     args = options.engine_args()
     key = ("vllm-engine", json.dumps(args, sort_keys=True))
-    return (resources or default_resources).get(key, lambda: _start_engine(args))
+    return (resources or default_resources).get(key, lambda: _start_engine(args), stop_engine)
+
+
+def stop_engine(engine: Any) -> None:
+    """Shut a ``vllm.LLM`` engine's worker processes down (its GPU memory is returned)."""
+    core = getattr(getattr(engine, "llm_engine", None), "engine_core", None)
+    if core is not None:
+        core.shutdown()
 
 
 def _start_engine(args: dict[str, Any]):
@@ -197,6 +207,10 @@ def _start_engine(args: dict[str, Any]):
             f"the vllm backend needs vLLM ({exc}): pip install 'cir[vllm]' on a GPU machine, or "
             "run scripts/setup_vllm_env.sh for the CPU build (see docs/backends.md)"
         ) from None
+    if "gpu_memory_utilization" not in args:
+        share = free_memory_share()
+        if share is not None:
+            args = {**args, "gpu_memory_utilization": share}
     try:
         return LLM(**args)
     except (OSError, ValueError, RuntimeError) as exc:
@@ -205,6 +219,22 @@ def _start_engine(args: dict[str, Any]):
             "max_model_len and the memory settings (gpu_memory_utilization, "
             "kv_cache_memory_bytes)."
         ) from exc
+
+
+def free_memory_share(margin: int = MEMORY_MARGIN_BYTES) -> float | None:
+    """The share of the GPU's memory that is free now, less ``margin`` (None without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    free, total = torch.cuda.mem_get_info()
+    share = (free - margin) / total
+    if share < 0.05:
+        raise BackendError(
+            f"only {free / 2**30:.1f} GiB of {total / 2**30:.1f} GiB GPU memory is free; "
+            "a vLLM engine cannot start. Free the GPU or set gpu_memory_utilization explicitly."
+        )
+    return round(min(share, 0.95), 4)
 
 
 def build(options: Options, resources: Resources | None = None) -> VLLMBackend:

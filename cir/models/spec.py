@@ -8,9 +8,11 @@ a local directory holding ``config.json``.
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 
 from cir.errors import ConfigError
 
@@ -232,3 +234,78 @@ def wants_quick_gelu(model: str, pretrained: str | None) -> bool:
     import open_clip
 
     return bool(open_clip.get_pretrained_cfg(model, pretrained).get("quick_gelu", False))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The CLIP-style encoder a pipeline declares once, in its ``encoder:`` section.
+
+    Index builds, benchmark runs (which key their cached gallery index by it), the demo and run
+    manifests all read the encoder from here; encoding stages without a ``model`` of their own
+    use it, so gallery and reference images get the same preprocessing.
+
+    Args:
+        model: the model name as users type it (``ViT-L-14/openai``, ``hf-hub:org/repo``, ...).
+        pretrained: the open_clip weights tag, when ``model`` is a bare architecture name.
+        preprocessing: ``default`` (the model's resize and centre crop) or ``targetpad``
+            (pad images to an aspect ratio of at most 1.25 first, as CIReVL, LDRE and SEIZE do).
+        dtype: weights dtype (``fp16``, ``bf16``, ``fp32``); default: fp16 on CUDA, fp32 on the CPU.
+
+    Example:
+        >>> EncoderSpec.from_config({"model": "ViT-L-14", "pretrained": "openai",
+        ...                          "preprocessing": "targetpad"}).label
+        'ViT-L-14/openai'
+    """
+
+    model: str
+    pretrained: str | None = None
+    preprocessing: str = "default"
+    dtype: str | None = None
+
+    _KEYS: ClassVar[tuple[str, ...]] = ("model", "pretrained", "preprocessing", "dtype")
+
+    @classmethod
+    def from_config(cls, value: Any) -> EncoderSpec:
+        """From a pipeline's ``encoder:`` value: a model name, or a mapping of the fields."""
+        if isinstance(value, str):
+            value = {"model": value}
+        if not isinstance(value, dict) or not isinstance(value.get("model"), str):
+            raise ConfigError(
+                f"`encoder:` must be a model name or a mapping with a `model:` name, got {value!r}"
+            )
+        unknown = sorted(set(value) - set(cls._KEYS))
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(unknown)} under `encoder:`; "
+                f"valid: {', '.join(cls._KEYS)}"
+            )
+        from cir.models.encoder import PREPROCESSING
+
+        spec = cls(**value)
+        if spec.preprocessing not in PREPROCESSING:
+            raise ConfigError(
+                f"encoder preprocessing {spec.preprocessing!r} is not one of "
+                f"{', '.join(PREPROCESSING)}"
+            )
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._KEYS if getattr(self, k) is not None}
+
+    @property
+    def label(self) -> str:
+        """``model/pretrained`` (or the model alone): how the encoder is named on the CLI."""
+        return f"{self.model}/{self.pretrained}" if self.pretrained else self.model
+
+    @property
+    def backbone(self) -> str:
+        """The architecture part of the name (``ViT-L-14``), which backbone presets key on."""
+        schema, _, rest = self.model.partition(":")
+        if (schema in ("hf-hub", "hf", "local-dir") and rest) or _looks_like_path(self.model):
+            return Path(rest or self.model).name  # a hub repository or a folder: its last part
+        split = _split_open_clip(self.model)  # an open_clip name, with or without its tag
+        return split[0] if split is not None else self.model.rpartition("/")[2]
+
+    def fingerprint(self) -> str:
+        """A stable text naming everything that changes the embeddings (index cache keys)."""
+        return json.dumps(self.to_dict() | {"preprocessing": self.preprocessing}, sort_keys=True)

@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from cir.errors import DataError
-from cir.generation import reference_image
 from cir.images import load_image
 from cir.llm.images import bound_size
 from cir.rerank.grid import draw_label, label_scale
+from cir.state import resolve_reference
 from cir.types import QueryState
 
 if TYPE_CHECKING:
-    from cir.stages.base import Context
+    from cir.context import Context
 
 
 class CandidateImages:
@@ -35,7 +35,7 @@ class CandidateImages:
         self._memo: dict[Any, Image.Image] = {}
 
     def reference(self, state: QueryState) -> Image.Image:
-        source = reference_image(state, self.ctx)
+        source = resolve_reference(state, self.ctx, self.stage)
         return self._bounded(source)
 
     def candidate(self, id_: str) -> Image.Image:

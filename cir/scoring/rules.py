@@ -47,19 +47,10 @@ class RuleInputs:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def stacked(self, name: str) -> torch.Tensor:
-        """Embedding ``name`` of every query as one float32 (Q, D) tensor."""
-        rows = []
-        for state in self.states:
-            vec = state.embeddings[name]
-            if vec.dim() == 2 and vec.shape[0] == 1:
-                vec = vec[0]
-            if vec.dim() != 1:
-                raise ConfigError(
-                    f"embedding {name!r} of query {state.query.id!r} holds {vec.shape[0]} vectors; "
-                    "combine them first (encode_text `combine: mean`, or an `ensemble` stage)"
-                )
-            rows.append(vec.float())
-        return torch.stack(rows).to(self.device)
+        """Embedding ``name`` of every query as one float32 (Q, D) tensor on ``device``."""
+        from cir.state import stack_vectors
+
+        return stack_vectors(self.states, name, "retrieve", self.device)
 
 
 class GalleryRule:

@@ -1,5 +1,41 @@
-"""Pipeline stages, one per module; each registers itself when imported."""
+"""Pipeline stages, one per module; each registers itself when imported.
 
-from cir.stages.base import Context, Stage, register_stage, registered_stages, stage_class
+What a stage author needs is exported here: the contract (:class:`Stage`, :class:`Port`,
+:func:`register_stage`), the run's :class:`Context`, and the query-state helpers.
+"""
 
-__all__ = ["Context", "Stage", "register_stage", "registered_stages", "stage_class"]
+from cir.stages.base import (
+    Context,
+    Port,
+    Stage,
+    register_stage,
+    registered_stages,
+    registry_snapshot,
+    stage_class,
+)
+from cir.state import (
+    count_cache,
+    embedding_matrix,
+    put_embedding,
+    query_vector,
+    resolve_reference,
+    shared_encoder,
+    stack_vectors,
+)
+
+__all__ = [
+    "Context",
+    "Port",
+    "Stage",
+    "count_cache",
+    "embedding_matrix",
+    "put_embedding",
+    "query_vector",
+    "register_stage",
+    "registered_stages",
+    "registry_snapshot",
+    "resolve_reference",
+    "shared_encoder",
+    "stack_vectors",
+    "stage_class",
+]

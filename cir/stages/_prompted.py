@@ -2,51 +2,41 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from cir.cache import model_revision
+from cir.context import Context
 from cir.errors import ConfigError
-from cir.generation import Generator, Sampling, policy_override
+from cir.generation import Generator, policy_override
+from cir.llm import Sampling
 from cir.prompts import Prompt
-from cir.stages.base import Context
 
 
 @dataclass(frozen=True)
-class GenerationParams:
-    """Sampling and failure handling shared by the stages that prompt a model.
+class GenerationParams(Sampling):
+    """Decoding (the :class:`~cir.llm.Sampling` fields) and failure handling of prompting stages.
 
     Subclasses add their model spec and prompt, and may change a default (``max_tokens``).
     """
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
     max_tokens: int = 128
     fallback: Literal["fallback", "retry", "raise"] | None = None
     retries: int | None = None
     chunk_size: int = 64
 
     def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_p, self.max_tokens, self.chunk_size)
-        check_retries(self.retries)
+        super().__post_init__()
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.retries is not None and self.retries < 0:
+            raise ValueError(f"retries must be >= 0, got {self.retries}")
 
-
-def check_sampling(temperature: float, top_p: float, max_tokens: int, chunk_size: int) -> None:
-    """Range checks shared by the language stages (raise ValueError with the valid range)."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-
-
-def check_retries(retries: int | None) -> None:
-    if retries is not None and retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+    @property
+    def sampling(self) -> Sampling:
+        """The decoding settings alone."""
+        return Sampling(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Sampling)})
 
 
 def check_variables(prompt: Prompt, available: set[str], stage: str) -> None:
@@ -67,25 +57,19 @@ def stage_generator(
     model_spec: dict[str, Any],
     ctx: Context,
     kind: str = "llm",
-    **sampling: Any,
+    **options: Any,
 ) -> Generator:
     """The Generator of a prompting stage: its sampling, cache, fallback policy and chunking.
 
-    ``params`` supplies ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``fallback``,
-    ``retries`` and ``chunk_size``; ``sampling`` adds settings such as ``n`` or ``json_mode``.
+    ``params`` (a :class:`GenerationParams`) supplies the decoding settings, ``fallback``,
+    ``retries`` and ``chunk_size``; ``options`` adds ``n``, ``json_mode`` or ``logprobs``.
     """
-    settings = Sampling(
-        max_tokens=params.max_tokens,
-        temperature=params.temperature,
-        top_p=params.top_p,
-        seed=params.seed,
-        **sampling,
-    )
     return Generator(
         backend,
         prompt,
         stage=stage,
-        sampling=settings,
+        sampling=params.sampling,
+        **options,
         cache=ctx.cache,
         fallback=policy_override(prompt, params.fallback, params.retries),
         chunk_size=params.chunk_size,

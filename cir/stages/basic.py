@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from cir.errors import DataError
+from cir.models.shared import resolve_encoder
 from cir.scoring import (
     contextualize,
     contrastive_projection,
@@ -16,9 +17,8 @@ from cir.scoring import (
     l2_normalize,
     similarity_minima,
 )
-from cir.stages._encoders import resolve_encoder
-from cir.stages.base import Context, Stage, register_stage
-from cir.stages.encode_text import as_query_vector
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import put_embedding, query_vector
 from cir.types import QueryState
 
 CORPUS_DIR = Path(__file__).resolve().parent.parent / "data" / "basic"
@@ -76,16 +76,20 @@ class Basic(Stage):
 
     name = "basic"
     Params = BasicParams
+    outputs = (
+        Port("embeddings.{output_image}", "vector", "the projected image query"),
+        Port("embeddings.{output_text}", "vector", "the contextualised text query"),
+        Port("data.basic", "data", "calibration for the basic rule"),
+    )
+    uses_encoder = True
+    held = ("encoder", "state")
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        text = "query.text" if self.params.contextualize else f"embeddings.{self.params.text}"
-        return (f"embeddings.{self.params.image}", text)
-
-    @property
-    def writes(self) -> tuple[str, ...]:
-        p = self.params
-        return (f"embeddings.{p.output_image}", f"embeddings.{p.output_text}", "data.basic")
+    def inputs(self) -> tuple[Port, ...]:
+        image = Port("embeddings.{image}", "vector", "the reference image")
+        if self.params.contextualize:
+            return (image, Port("query.text", "text", "the modification"))
+        return (image, Port("embeddings.{text}", "vector", "the modification's embedding"))
 
     def setup(self, ctx: Context) -> None:
         index = ctx.require_index(self.instance)
@@ -145,9 +149,8 @@ class Basic(Stage):
         calib = {k: prep[k] for k in ("image_mean", "image_min", "text_min")}
         key = self.encoder.identity.key
         for i, state in enumerate(states):
-            state.embeddings[p.output_image] = projected[i]
-            state.embeddings[p.output_text] = text[i]
-            state.encoders[p.output_image] = state.encoders[p.output_text] = key
+            put_embedding(state, p.output_image, projected[i], key)
+            put_embedding(state, p.output_text, text[i], key)
             state.data["basic"] = calib
         return states
 
@@ -180,7 +183,7 @@ class Basic(Stage):
         return contextualize(emb.reshape(len(states), 2 * len(objects), -1))
 
     def _vector(self, state: QueryState, name: str) -> torch.Tensor:
-        return as_query_vector(state.embeddings[name], name, self.instance).float().cpu()
+        return query_vector(state, name, self.instance).cpu()
 
 
 def read_corpus(path: str | Path) -> list[str]:

@@ -6,16 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cir.generation import (
-    Ask,
-    Generator,
-    ImageInput,
-    reference_image,
-)
+from cir.generation import Ask, Generator, ImageInput
 from cir.llm import load_backend
 from cir.prompts import load_prompt
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
-from cir.stages.base import Context, Stage, register_stage
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import resolve_reference
 from cir.types import QueryState, StageRecord
 
 DEFAULT_CAPTIONER = {"backend": "transformers", "model": "Salesforce/blip2-flan-t5-xl"}
@@ -62,8 +58,10 @@ class Caption(Stage):
 
     name = "caption"
     Params = CaptionParams
-    reads = ("query.image",)
-    writes = ("captions",)
+    inputs = (Port("query.image", "image", "the reference image"),)
+    outputs = (Port("captions", "texts", "one or N captions of the reference"),)
+    language_models = ("captioner",)
+    held = ("backend",)
 
     def setup(self, ctx: Context) -> None:
         self.prompt = load_prompt(self.params.prompt, stage="caption")
@@ -71,7 +69,7 @@ class Caption(Stage):
         self.backend = load_backend(self.params.captioner, ctx.resources)
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
-        images = [reference_image(state, ctx) for state in states]
+        images = [resolve_reference(state, ctx, self.instance) for state in states]
         records = [self.record(state) for state in states]
         captions = self.caption_images(images, ctx, records)
         for state, texts in zip(states, captions, strict=True):

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from cir.errors import DataError
-from cir.stages._encoders import cached_embeddings, encoder_cache_parts, resolve_encoder
-from cir.stages.base import Context, Stage, register_stage
+from cir.models.shared import resolve_encoder
+from cir.stages._encoders import cached_embeddings, encoder_cache_parts
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import count_cache, put_embedding, resolve_reference
 from cir.types import ImageLike, QueryState
 
 
@@ -41,14 +42,10 @@ class EncodeImage(Stage):
 
     name = "encode_image"
     Params = EncodeImageParams
-
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return ("query.image",)
-
-    @property
-    def writes(self) -> tuple[str, ...]:
-        return (f"embeddings.{self.params.output}",)
+    inputs = (Port("query.image", "image", "the reference image"),)
+    outputs = (Port("embeddings.{output}", "vector", "the reference image's embedding"),)
+    uses_encoder = True
+    held = ("encoder",)
 
     def setup(self, ctx: Context) -> None:
         self.encoder = resolve_encoder(
@@ -62,12 +59,11 @@ class EncodeImage(Stage):
         for state in states:
             stored = self._stored_embedding(state, ctx, key)
             if stored is not None:
-                self._write(state, stored, key)
-                record = self.record(state)
-                record.cache_hits += 1
-                record.notes["reused_index_embedding"] = True
+                put_embedding(state, self.params.output, stored, key)
+                count_cache(self.record(state), 1, 0)
+                self.record(state).notes["reused_index_embedding"] = True
             else:
-                pending.append((state, _reference_source(state, ctx)))
+                pending.append((state, resolve_reference(state, ctx, self.instance)))
         if pending:
             self._encode(pending, ctx, key)
         return states
@@ -93,10 +89,8 @@ class EncodeImage(Stage):
             ),
         )
         for (state, _), vector, hit in zip(pending, vectors, cached, strict=True):
-            self._write(state, vector, key)
-            record = self.record(state)
-            record.cache_hits += int(hit)
-            record.cache_misses += int(not hit)
+            put_embedding(state, self.params.output, vector, key)
+            count_cache(self.record(state), int(hit), int(not hit))
 
     def _stored_embedding(self, state: QueryState, ctx: Context, key: str) -> torch.Tensor | None:
         ref_id, index = state.query.reference_id, ctx.index
@@ -106,32 +100,6 @@ class EncodeImage(Stage):
             return None
         if index is None or index.encoder is None or index.encoder.key != key:
             return None
+        if index.encoder.preprocessing != self.encoder.identity.preprocessing:
+            return None  # the stored row saw another preprocessing than this stage would apply
         return index.embedding(ref_id) if index.has(ref_id) else None
-
-    def _write(self, state: QueryState, vector: torch.Tensor, key: str) -> None:
-        state.embeddings[self.params.output] = vector.float()
-        state.encoders[self.params.output] = key
-
-
-def _reference_source(state: QueryState, ctx: Context) -> ImageLike:
-    """The query's reference image: its path or PIL image, or the index's file for its id."""
-    query = state.query
-    if query.reference is not None:
-        return query.reference
-    if query.reference_id is not None:
-        index = ctx.index
-        path = (
-            index.path(query.reference_id)
-            if index is not None and index.has(query.reference_id)
-            else None
-        )
-        if path is None:
-            raise DataError(
-                f"query {query.id!r}: reference_id {query.reference_id!r} is not an image of the "
-                "index (or the index keeps no image paths); pass Query(reference=<path>) instead"
-            )
-        return path
-    raise DataError(
-        f"query {query.id!r} has no reference image, but stage encode_image needs one; "
-        "give Query(reference=<path or PIL image>) or reference_id=<gallery id>"
-    )

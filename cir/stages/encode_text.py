@@ -8,10 +8,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from cir.errors import ConfigError, DataError
-from cir.stages._encoders import cached_embeddings, encoder_cache_parts, resolve_encoder
-from cir.stages.base import Context, Stage, register_stage
+from cir.errors import DataError
+from cir.models.shared import resolve_encoder
+from cir.stages._encoders import cached_embeddings, encoder_cache_parts
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import as_query_vector, count_cache, put_embedding
 from cir.types import QueryState
+
+__all__ = ["EncodeText", "as_query_vector"]
 
 _SOURCES = ("query.text", "captions", "targets")
 
@@ -51,14 +55,18 @@ class EncodeText(Stage):
 
     name = "encode_text"
     Params = EncodeTextParams
+    uses_encoder = True
+    held = ("encoder",)
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        return (self.params.source,)
+    def inputs(self) -> tuple[Port, ...]:
+        kind = "text" if self.params.source == "query.text" else "texts"
+        return (Port("{source}", kind, "the texts to embed"),)
 
     @property
-    def writes(self) -> tuple[str, ...]:
-        return (f"embeddings.{self.params.output}",)
+    def outputs(self) -> tuple[Port, ...]:
+        one = self.params.source == "query.text" or self.params.combine == "mean"
+        return (Port("embeddings.{output}", "vector" if one else "vectors", "text embedding(s)"),)
 
     def setup(self, ctx: Context) -> None:
         self.encoder = resolve_encoder(
@@ -84,11 +92,8 @@ class EncodeText(Stage):
             block = vectors[start : start + len(texts)]
             hits = sum(cached[start : start + len(texts)])
             start += len(texts)
-            record = self.record(state)
-            record.cache_hits += hits
-            record.cache_misses += len(texts) - hits
-            state.embeddings[self.params.output] = self._shape(block)
-            state.encoders[self.params.output] = self.encoder.identity.key
+            count_cache(self.record(state), hits, len(texts) - hits)
+            put_embedding(state, self.params.output, self._shape(block), self.encoder.identity.key)
         return states
 
     def _texts(self, state: QueryState) -> list[str]:
@@ -107,15 +112,3 @@ class EncodeText(Stage):
             mean = block.mean(dim=0)
             return F.normalize(mean, dim=-1) if self.params.normalize else mean
         return block
-
-
-def as_query_vector(embedding: torch.Tensor, name: str, stage: str) -> torch.Tensor:
-    """A 1-D query vector from an embedding; (1, D) is squeezed, (N, D) needs combining first."""
-    if embedding.dim() == 2 and embedding.shape[0] == 1:
-        return embedding[0]
-    if embedding.dim() != 1:
-        raise ConfigError(
-            f"stage {stage!r}: embedding {name!r} holds {embedding.shape[0]} vectors; combine "
-            "them first (encode_text `combine: mean`, or an `ensemble` stage)"
-        )
-    return embedding

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from cir.errors import DataError
 from cir.scoring import ldre_ensemble, ldre_weights
-from cir.stages.base import Context, Stage, register_stage
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import embedding_matrix, put_embedding
 from cir.types import QueryState
 
 
@@ -43,11 +44,10 @@ class Ensemble(Stage):
     ``d``, ``w = softmax(r / max(r) / temperature)``, and the query is ``sum_i w_i t_i``
     (written normalised; the direction is the reference's).
 
-    ``scope: query_set`` (default, the reference code) sums ``r_i`` over every query the stage
-    sees at once and shares one weight per slot; run the pipeline with a ``batch_size`` that
-    holds the whole query set to match the reference exactly. ``scope: per_query`` weights each
-    query's slots by its own drops. When all drops are zero the weights are uniform (counted as
-    a fallback).
+    ``scope: query_set`` (default, the reference code) sums ``r_i`` over the whole query set and
+    shares one weight per slot: the stage then sees every query of the run at once, whatever the
+    batch size. ``scope: per_query`` weights each query's slots by its own drops. When all drops
+    are zero the weights are uniform (counted as a fallback).
 
     Example:
         >>> Ensemble(mode="ldre", input="targets", captions="captions", output="target")
@@ -55,30 +55,33 @@ class Ensemble(Stage):
 
     name = "ensemble"
     Params = EnsembleParams
+    outputs = (Port("embeddings.{output}", "vector", "the combined query"),)
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        names = [self.params.input] + ([self.params.captions] if self.params.mode == "ldre" else [])
-        return tuple(f"embeddings.{n}" for n in names)
+    def inputs(self) -> tuple[Port, ...]:
+        ports = [Port("embeddings.{input}", "vectors", "N target embeddings")]
+        if self.params.mode == "ldre":
+            ports.append(Port("embeddings.{captions}", "vectors", "the N captions behind them"))
+        return tuple(ports)
 
     @property
-    def writes(self) -> tuple[str, ...]:
-        return (f"embeddings.{self.params.output}",)
+    def whole_set(self) -> bool:
+        """LDRE's slot weights are computed once over the whole query set."""
+        return self.params.mode == "ldre" and self.params.scope == "query_set"
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
-        edits = [self._matrix(s, self.params.input) for s in states]
+        edits = [embedding_matrix(s, self.params.input) for s in states]
         if self.params.mode == "mean":
             combined = [F.normalize(e.mean(dim=0), dim=-1) for e in edits]
         else:
             combined = self._ldre(states, edits, ctx)
         for state, vec in zip(states, combined, strict=True):
-            state.embeddings[self.params.output] = vec
-            state.encoders[self.params.output] = state.encoders.get(self.params.input, "")
+            put_embedding(state, self.params.output, vec, state.encoders.get(self.params.input, ""))
         return states
 
     def _ldre(self, states, edits, ctx: Context) -> list[torch.Tensor]:
         p = self.params
-        caps = [self._matrix(s, p.captions) for s in states]
+        caps = [embedding_matrix(s, p.captions) for s in states]
         for s, e, c in zip(states, edits, caps, strict=True):
             if e.shape != c.shape:
                 raise DataError(
@@ -126,7 +129,3 @@ class Ensemble(Stage):
         )
         values = torch.tensor([list(r.scores) for r in rankings], dtype=torch.float32)
         return list(values.split([e.shape[0] for e in edits]))
-
-    def _matrix(self, state: QueryState, name: str) -> torch.Tensor:
-        emb = state.embeddings[name].float()
-        return emb.unsqueeze(0) if emb.dim() == 1 else emb

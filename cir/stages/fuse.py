@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 
-from cir.errors import ConfigError
-from cir.stages.base import Context, Stage, register_stage
-from cir.stages.encode_text import as_query_vector
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import put_embedding, query_vector, shared_encoder
 from cir.types import QueryState
 
 
@@ -52,38 +50,21 @@ class Fuse(Stage):
 
     name = "fuse"
     Params = FuseParams
+    outputs = (Port("embeddings.{output}", "vector", "the fused query"),)
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        return tuple(f"embeddings.{name}" for name in self.params.inputs)
-
-    @property
-    def writes(self) -> tuple[str, ...]:
-        return (f"embeddings.{self.params.output}",)
+    def inputs(self) -> tuple[Port, ...]:
+        return tuple(
+            Port(f"embeddings.{n}", "vector", "an embedding to fuse") for n in self.params.inputs
+        )
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
-        weights = self.params.resolved_weights()
+        p = self.params
+        weights = p.resolved_weights()
         for state in states:
-            state.embeddings[self.params.output] = self._fuse(state, weights)
-            state.encoders[self.params.output] = self._encoder(state)
-            self.record(state).notes["weights"] = dict(
-                zip(self.params.inputs, weights, strict=True)
-            )
+            encoder = shared_encoder([state], p.inputs, self.instance)
+            vectors = [query_vector(state, name, self.instance) for name in p.inputs]
+            total = sum(w * v for w, v in zip(weights, vectors, strict=True))
+            put_embedding(state, p.output, F.normalize(total, dim=-1), encoder)
+            self.record(state).notes["weights"] = dict(zip(p.inputs, weights, strict=True))
         return states
-
-    def _fuse(self, state: QueryState, weights: tuple[float, ...]) -> torch.Tensor:
-        vectors = [
-            as_query_vector(state.embeddings[name], name, self.instance)
-            for name in self.params.inputs
-        ]
-        total = sum(w * v.float() for w, v in zip(weights, vectors, strict=True))
-        return F.normalize(total, dim=-1)
-
-    def _encoder(self, state: QueryState) -> str:
-        keys = {state.encoders.get(name, "") for name in self.params.inputs}
-        if len(keys) > 1:
-            raise ConfigError(
-                f"stage {self.instance!r} fuses embeddings from different encoders "
-                f"({', '.join(sorted(keys))}); encode every input with the same model"
-            )
-        return keys.pop()

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cir.errors import ConfigError
 from cir.scoring import pdv_auto_alpha_image, pdv_query, prompt_direction
-from cir.stages.base import Context, Stage, register_stage
-from cir.stages.encode_text import as_query_vector
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import put_embedding, shared_encoder, stack_vectors
 from cir.types import QueryState
 
 
@@ -49,48 +48,35 @@ class PDV(Stage):
 
     name = "pdv"
     Params = PDVParams
+    outputs = (Port("embeddings.{output}", "vector", "the steered query"),)
 
     @property
     def _uses_image(self) -> bool:
         return self.params.beta < 1.0
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        p = self.params
-        names = [p.reference, p.composed] + ([p.image] if self._uses_image else [])
-        return tuple(f"embeddings.{n}" for n in names)
-
-    @property
-    def writes(self) -> tuple[str, ...]:
-        return (f"embeddings.{self.params.output}",)
+    def inputs(self) -> tuple[Port, ...]:
+        ports = [
+            Port("embeddings.{reference}", "vector", "text of the reference alone"),
+            Port("embeddings.{composed}", "vector", "text of the composed target"),
+        ]
+        if self._uses_image:
+            ports.append(Port("embeddings.{image}", "vector", "the reference image"))
+        return tuple(ports)
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         p = self.params
-        ref, comp = self._stack(states, p.reference), self._stack(states, p.composed)
-        image = self._stack(states, p.image) if self._uses_image else None
+        ref = stack_vectors(states, p.reference, self.instance)
+        comp = stack_vectors(states, p.composed, self.instance)
+        image = stack_vectors(states, p.image, self.instance) if self._uses_image else None
         alpha = p.alpha_image
         if p.auto_alpha_image and image is not None:
             alpha = pdv_auto_alpha_image(image, ref, prompt_direction(comp, ref), p.alpha_text)
         queries = pdv_query(image, ref, comp, alpha, p.alpha_text, p.beta)
-        key = self._encoder(states[0])
+        names = [p.reference, p.composed] + ([p.image] if self._uses_image else [])
+        key = shared_encoder(states, names, self.instance)
         for i, state in enumerate(states):
-            state.embeddings[p.output] = queries[i]
-            state.encoders[p.output] = key
+            put_embedding(state, p.output, queries[i], key)
             a = float(alpha[i]) if isinstance(alpha, torch.Tensor) else alpha
             self.record(state).notes["alpha_image"] = round(a, 6)
         return states
-
-    def _stack(self, states: list[QueryState], name: str) -> torch.Tensor:
-        return torch.stack(
-            [as_query_vector(s.embeddings[name], name, self.instance).float() for s in states]
-        )
-
-    def _encoder(self, state: QueryState) -> str:
-        names = [n.split(".", 1)[1] for n in self.reads]
-        keys = {state.encoders.get(n, "") for n in names}
-        if len(keys) > 1:
-            raise ConfigError(
-                f"stage {self.instance!r} mixes embeddings from different encoders "
-                f"({', '.join(sorted(keys))}); encode text and image with the same model"
-            )
-        return keys.pop()

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cir.errors import ConfigError
-from cir.generation import Ask, Generator, reference_image
+from cir.generation import Ask, Generator
 from cir.llm import load_backend
 from cir.prompts import load_prompt
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
-from cir.stages.base import Context, Stage, register_stage
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import resolve_reference
 from cir.types import QueryState
 
 DEFAULT_MLLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}
@@ -48,8 +49,18 @@ class Reason(Stage):
 
     name = "reason"
     Params = ReasonParams
-    reads = ("query.image", "query.text")
-    writes = ("targets", "reasoning", "captions", "llm_raw")
+    inputs = (
+        Port("query.image", "image", "the reference image"),
+        Port("query.text", "text", "the modification"),
+    )
+    outputs = (
+        Port("targets", "texts", "the target description"),
+        Port("reasoning", "texts", "the model's reasoning"),
+        Port("captions", "texts", "the model's description of the reference"),
+        Port("llm_raw", "texts", "the raw answer"),
+    )
+    language_models = ("llm",)
+    held = ("backend",)
 
     def setup(self, ctx: Context) -> None:
         self.prompt = load_prompt(self.params.prompt, stage="reason")
@@ -68,7 +79,7 @@ class Reason(Stage):
         asks = [
             Ask(
                 {k: state.query.text for k in self.prompt.variables},
-                (reference_image(state, ctx),),
+                (resolve_reference(state, ctx, self.instance),),
                 fallback={p.target_key: state.query.text},
                 record=self.record(state),
             )

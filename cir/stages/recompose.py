@@ -9,7 +9,7 @@ from cir.generation import Ask, Generator
 from cir.llm import load_backend
 from cir.prompts import load_prompt
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
-from cir.stages.base import Context, Stage, register_stage
+from cir.stages.base import Context, Port, Stage, register_stage
 from cir.types import QueryState
 
 DEFAULT_LLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
@@ -44,8 +44,16 @@ class Recompose(Stage):
 
     name = "recompose"
     Params = RecomposeParams
-    reads = ("captions", "query.text")
-    writes = ("targets", "llm_raw")
+    inputs = (
+        Port("captions", "texts", "reference caption(s)"),
+        Port("query.text", "text", "the modification"),
+    )
+    outputs = (
+        Port("targets", "texts", "one target description per caption"),
+        Port("llm_raw", "texts", "the raw answers"),
+    )
+    language_models = ("llm",)
+    held = ("backend",)
 
     def setup(self, ctx: Context) -> None:
         self.prompt = load_prompt(self.params.prompt, stage="recompose")

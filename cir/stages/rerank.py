@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,22 +10,15 @@ from PIL import Image
 
 from cir.cache import model_revision
 from cir.errors import ConfigError, DataError
-from cir.generation import (
-    Answer,
-    AnswerParseError,
-    Ask,
-    Generator,
-    Sampling,
-    policy_override,
-)
-from cir.llm import load_backend
-from cir.prompts import FallbackPolicy, ParseError, Prompt, load_prompt
+from cir.generation import Answer, Ask, Generator, policy_override, reads_logprobs
+from cir.llm import Sampling, load_backend
+from cir.prompts import ParseError, load_prompt
 from cir.rerank.grid import compose_grid
 from cir.rerank.images import CandidateImages
 from cir.rerank.order import ParsedOrder, apply_order, movements, order_by_scores, parse_order
 from cir.rerank.yesno import parse_yes_no, yes_probability
-from cir.stages._prompted import check_retries, check_sampling, check_variables
-from cir.stages.base import Context, Stage, register_stage
+from cir.stages._prompted import GenerationParams, check_variables
+from cir.stages.base import Context, Port, Stage, register_stage
 from cir.types import QueryState, Ranking
 
 Mode = Literal["listwise", "grid", "verify"]
@@ -38,7 +30,7 @@ VARIABLES["verify"] = {"modification"}
 
 
 @dataclass(frozen=True)
-class RerankParams:
+class RerankParams(GenerationParams):
     mode: Mode = "listwise"
     top_n: int = 10
     llm: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MLLM))
@@ -48,16 +40,9 @@ class RerankParams:
     tile_size: int = 224
     logprobs: int = 20
     max_tokens: int | None = None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-    fallback: Literal["fallback", "retry", "raise"] | None = None
-    retries: int | None = None
-    chunk_size: int = 64
 
     def __post_init__(self) -> None:
-        check_sampling(self.temperature, self.top_p, self.max_tokens or 1, self.chunk_size)
-        check_retries(self.retries)
+        super().__post_init__()
         if self.top_n < 2:
             raise ValueError(f"top_n must be >= 2 (candidates to re-order), got {self.top_n}")
         if self.max_image_side < 28:
@@ -68,6 +53,16 @@ class RerankParams:
             raise ValueError(f"grid_cols must be >= 1 or null (near-square), got {self.grid_cols}")
         if self.logprobs < 0:
             raise ValueError(f"logprobs must be >= 0 (0: read the text only), got {self.logprobs}")
+
+    @property
+    def sampling(self) -> Sampling:
+        """The decoding settings; ``max_tokens`` defaults per mode."""
+        base = super().sampling if self.max_tokens is not None else None
+        if base is not None:
+            return base
+        return Sampling(
+            DEFAULT_MAX_TOKENS[self.mode], self.temperature, self.top_p, self.seed, self.num_beams
+        )
 
 
 @register_stage
@@ -111,12 +106,24 @@ class Rerank(Stage):
 
     name = "rerank"
     Params = RerankParams
-    reads = ("query.text", "query.image", "ranking")
+    inputs = (
+        Port("query.text", "text", "the modification"),
+        Port("query.image", "image", "the reference image"),
+        Port("ranking", "ranking", "the candidates, best first"),
+    )
+    language_models = ("llm",)
+    held = ("backend",)
 
     @property
-    def writes(self) -> tuple[str, ...]:
-        extra = (f"data.{self.instance}_grid",) if self.params.mode == "grid" else ()
-        return ("ranking", "reasoning", f"data.{self.instance}", *extra)
+    def outputs(self) -> tuple[Port, ...]:
+        ports = [
+            Port("ranking", "ranking", "the re-ordered ranking"),
+            Port("reasoning", "texts", "the model's reasoning"),
+            Port(f"data.{self.instance}", "data", "moves, answers, scores"),
+        ]
+        if self.params.mode == "grid":
+            ports.append(Port(f"data.{self.instance}_grid", "data", "the grid image"))
+        return tuple(ports)
 
     def setup(self, ctx: Context) -> None:
         p = self.params
@@ -179,7 +186,8 @@ class Rerank(Stage):
             count = self._count(state)
             tiles = [images.candidate(id_) for id_ in state.ranking.ids[:count]]
             grid, layout = compose_grid(tiles, self.params.grid_cols, self.params.tile_size)
-            state.data[f"{self.instance}_grid"] = grid
+            if ctx.keep_artifacts:
+                state.data[f"{self.instance}_grid"] = grid
             self.record(state).notes["grid"] = {"size": list(grid.size), "cols": layout.cols}
             return self._order_ask(state, [images.reference(state), grid], count)
 
@@ -192,13 +200,13 @@ class Rerank(Stage):
                 {"modification": s.query.text},
                 (images.reference(s), images.candidate(s.ranking.ids[i])),
                 record=self.record(s),
-                parser=str,
+                parser=_verdict,
             )
             for s, i in pairs
         ]
-        results = iter(self._scores_with_retries(asks, ctx))
+        answers = iter(self._generator(ctx, logprobs=self.params.logprobs).run(asks))
         for state in states:
-            self._apply_scores(state, [next(results) for _ in range(self._count(state))])
+            self._apply_scores(state, [_score(next(answers)) for _ in range(self._count(state))])
 
     # ------------------------------------------------------------------ listwise and grid
     def _order_ask(self, state: QueryState, pictures: list[Image.Image], count: int) -> Ask:
@@ -213,7 +221,7 @@ class Rerank(Stage):
     def _ordered(
         self, states: list[QueryState], ctx: Context, make_ask: Callable[[QueryState], Ask]
     ) -> None:
-        answers = self._generator(ctx, self.prompt).run([make_ask(state) for state in states])
+        answers = self._generator(ctx).run([make_ask(state) for state in states])
         for state, answer in zip(states, answers, strict=True):
             self._apply_order(state, answer)
 
@@ -232,35 +240,6 @@ class Rerank(Stage):
         self._write(state, before, count, fallback=parsed is None, cached=answer.cached, **details)
 
     # ------------------------------------------------------------------ verify
-    def _scores_with_retries(self, asks: list[Ask], ctx: Context) -> list[_Score]:
-        """Score every pair; pairs without a usable score are asked again per the policy."""
-        base = self._sampling()
-        results = [_score(a) for a in self._generator(ctx, self.prompt, base).run(asks)]
-        retries = self.policy.retries if self.policy.policy == "retry" else 0
-        for attempt in range(1, retries + 1):
-            pending = [i for i, r in enumerate(results) if r.p_yes is None]
-            if not pending:
-                break
-            temperature = base.temperature or self.policy.retry_temperature
-            sampling = dataclasses.replace(base, seed=base.seed + attempt, temperature=temperature)
-            again = self._generator(ctx, self.prompt, sampling).run([asks[i] for i in pending])
-            for i, answer in zip(pending, again, strict=True):
-                results[i] = _score(answer)
-                notes = asks[i].record.notes
-                notes["retries"] = notes.get("retries", 0) + 1
-        for ask, result in zip(asks, results, strict=True):
-            if result.p_yes is not None:
-                continue
-            if self.policy.final == "raise":
-                raise AnswerParseError(
-                    f"stage {self.instance!r}: the answer {result.text[:200]!r} of "
-                    f"{self.backend.identity} says neither yes nor no and its first-token "
-                    "log-probabilities hold neither; set fallback: fallback to keep the "
-                    "retrieval position instead"
-                )
-            ask.record.fallbacks += 1
-        return results
-
     def _apply_scores(self, state: QueryState, results: list[_Score]) -> None:
         count = self._count(state)
         scores = [r.p_yes for r in results]
@@ -287,25 +266,15 @@ class Rerank(Stage):
     def _count(self, state: QueryState) -> int:
         return min(self.params.top_n, len(state.ranking)) if state.ranking else 0
 
-    def _sampling(self) -> Sampling:
-        p = self.params
-        return Sampling(
-            max_tokens=p.max_tokens or DEFAULT_MAX_TOKENS[p.mode],
-            temperature=p.temperature,
-            top_p=p.top_p,
-            seed=p.seed,
-            logprobs=p.logprobs if p.mode == "verify" else 0,
-        )
-
-    def _generator(self, ctx: Context, prompt: Prompt, sampling: Sampling | None = None):
-        verify = self.params.mode == "verify"
+    def _generator(self, ctx: Context, logprobs: int = 0) -> Generator:
         return Generator(
             self.backend,
-            prompt,
+            self.prompt,
             stage=self.name,
-            sampling=sampling or self._sampling(),
+            sampling=self.params.sampling,
+            logprobs=logprobs,
             cache=ctx.cache,
-            fallback=FallbackPolicy("fallback") if verify else self.policy,
+            fallback=self.policy,
             chunk_size=self.params.chunk_size,
             kind="rerank",
             revision=self.revision,
@@ -335,14 +304,22 @@ class _Score:
     cached: bool
 
 
-def _score(answer: Answer) -> _Score:
-    """P(yes) of one verify answer: first-token log-probabilities first, then the text."""
-    text = answer.texts[0]
-    from_logprobs = yes_probability(answer.logprobs[0]) if answer.logprobs else None
+@reads_logprobs
+def _verdict(text: str, logprobs: dict[str, float] | None) -> tuple[float, str]:
+    """P(yes) of one verify answer and where it came from: log-probabilities, then the text."""
+    from_logprobs = yes_probability(logprobs) if logprobs else None
     if from_logprobs is not None:
-        return _Score(from_logprobs, "logprobs", text, answer.cached)
+        return from_logprobs, "logprobs"
     from_text = parse_yes_no(text)
-    return _Score(from_text, "text" if from_text is not None else "none", text, answer.cached)
+    if from_text is None:
+        raise ParseError("the answer says neither yes nor no, and its log-probabilities neither")
+    return from_text, "text"
+
+
+def _score(answer: Answer) -> _Score:
+    value = answer.value
+    p_yes, source = value if value is not None else (None, "none")
+    return _Score(p_yes, source, answer.texts[0], answer.cached)
 
 
 def _order_parser(count: int) -> Callable[[str], ParsedOrder]:

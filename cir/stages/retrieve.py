@@ -11,9 +11,32 @@ import torch.nn.functional as F
 from cir.errors import DataError
 from cir.scoring import apply_hub_penalty, hub_penalty
 from cir.scoring.rules import GalleryRule, RuleInputs, make_rule
-from cir.stages.base import Context, Stage, register_stage
-from cir.stages.encode_text import as_query_vector
+from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import stack_vectors
 from cir.types import QueryState
+
+
+@dataclass(frozen=True)
+class HubnessParams:
+    """Hubness correction with a bank of generic caption embeddings (see docs/scoring.md).
+
+    Attributes:
+        method: ``inverted_softmax`` or ``csls``.
+        bank: the index sidecar whose rows form the bank.
+        bank_size: at most this many evenly spaced bank rows.
+        temperature: inverted-softmax temperature.
+        k: CSLS neighbourhood size.
+    """
+
+    method: Literal["inverted_softmax", "csls"] = "inverted_softmax"
+    bank: str = "captions"
+    bank_size: int = 4096
+    temperature: float = 0.05
+    k: int = 10
+
+    def __post_init__(self) -> None:
+        if self.bank_size < 1 or self.k < 1 or self.temperature <= 0:
+            raise ValueError("hubness bank_size and k must be >= 1, temperature > 0")
 
 
 @dataclass(frozen=True)
@@ -25,18 +48,12 @@ class RetrieveParams:
     allow_encoder_mismatch: bool = False
     rule: str = "dot"
     rule_params: dict[str, Any] = field(default_factory=dict)
-    hubness: Literal["none", "inverted_softmax", "csls"] = "none"
-    hubness_bank: str = "captions"
-    hubness_bank_size: int = 4096
-    hubness_temperature: float = 0.05
-    hubness_k: int = 10
+    hubness: HubnessParams | None = None
     chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.hubness_bank_size < 1 or self.hubness_k < 1 or self.hubness_temperature <= 0:
-            raise ValueError("hubness_bank_size and hubness_k must be >= 1, temperature > 0")
         if self.chunk_rows is not None and self.chunk_rows < 1:
             raise ValueError(f"chunk_rows must be >= 1, got {self.chunk_rows}")
 
@@ -51,17 +68,19 @@ class Retrieve(Stage):
 
     ``rule`` picks a gallery scoring rule from ``cir.scoring.rules`` (``dot``: cosine, the
     default; ``weimocir``, ``seize``, ``basic``), configured by ``rule_params``. ``hubness``
-    corrects gallery hubs with a bank of generic caption embeddings (the sidecar
-    ``hubness_bank``, at most ``hubness_bank_size`` rows): ``inverted_softmax`` or ``csls``
-    (see ``docs/scoring.md``; no published CIR pipeline uses it).
+    (a mapping, see :class:`HubnessParams`) corrects gallery hubs with a bank of generic caption
+    embeddings: ``inverted_softmax`` or ``csls`` (see ``docs/scoring.md``; no published CIR
+    pipeline uses it).
 
     Example:
         >>> Retrieve(query="query", k=50, exclude_reference=True)
         >>> Retrieve(query="query", rule="weimocir", rule_params={"beta": 0.1})
+        >>> Retrieve(query="query", hubness={"method": "csls", "k": 10})
     """
 
     name = "retrieve"
     Params = RetrieveParams
+    outputs = (Port("ranking", "ranking", "gallery ids best first"),)
 
     def __init__(self, instance: str | None = None, **params: Any) -> None:
         super().__init__(instance, **params)
@@ -69,19 +88,15 @@ class Retrieve(Stage):
         self.rule: GalleryRule = make_rule(self.params.rule, self.params.rule_params, where)
 
     @property
-    def reads(self) -> tuple[str, ...]:
-        return self.rule.reads(self.params.query)
-
-    writes = ("ranking",)
+    def inputs(self) -> tuple[Port, ...]:
+        return tuple(_port(name) for name in self.rule.reads(self.params.query))
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         index = ctx.require_index(self.instance)
-        if self.params.rule != "dot" or self.params.hubness != "none":
+        if self.params.rule != "dot" or self.params.hubness is not None:
             return self._run_rule(states, index)
         name = self.params.query
-        queries = torch.stack(
-            [as_query_vector(s.embeddings[name], name, self.instance) for s in states]
-        )
+        queries = stack_vectors(states, name, self.instance, index.device)
         rankings = index.search(
             queries,
             k=self.params.k,
@@ -120,32 +135,27 @@ class Retrieve(Stage):
         return states
 
     def _with_hubness(self, score_fn, index):
-        p = self.params
-        if p.hubness == "none":
+        hub = self.params.hubness
+        if hub is None:
             return score_fn
-        penalty = self._hub_penalty(index)
+        penalty = self._hub_penalty(index, hub)
 
         def corrected(start: int, stop: int, chunk: torch.Tensor) -> torch.Tensor:
             scores = score_fn(start, stop, chunk)
-            return apply_hub_penalty(scores, penalty[start:stop], p.hubness, p.hubness_temperature)
+            return apply_hub_penalty(scores, penalty[start:stop], hub.method, hub.temperature)
 
         return corrected
 
-    def _hub_penalty(self, index) -> torch.Tensor:
+    def _hub_penalty(self, index, hub: HubnessParams) -> torch.Tensor:
         """Each gallery item's bank term, computed once per index (it ignores the queries)."""
-        p = self.params
         key = (id(index), len(index), index.sidecars)
         cached = getattr(self, "_penalty", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        bank = hubness_bank(index, p.hubness_bank, p.hubness_bank_size)
+        bank = hubness_bank(index, hub.bank, hub.bank_size)
         parts = [
             hub_penalty(
-                bank,
-                index.embeddings[s : s + 65536].float(),
-                p.hubness,
-                p.hubness_temperature,
-                p.hubness_k,
+                bank, index.embeddings[s : s + 65536].float(), hub.method, hub.temperature, hub.k
             )
             for s in range(0, len(index), 65536)
         ]
@@ -187,6 +197,11 @@ def hubness_bank(index, name: str, size: int) -> torch.Tensor:
     if flat.shape[0] > size:
         flat = flat[torch.linspace(0, flat.shape[0] - 1, size).long().to(flat.device)]
     return F.normalize(flat.float(), dim=-1)
+
+
+def _port(name: str) -> Port:
+    kind = "vector" if name.startswith("embeddings.") else "data"
+    return Port(name, kind, "read by the scoring rule")
 
 
 def _reference_row(index, state: QueryState) -> int | None:

@@ -68,7 +68,7 @@ def test_cirr_val_run_then_a_second_run_served_from_the_cache(workspace, tiny_cl
         )
 
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["preset"] == "cirr" and manifest["protocol"]["exclude_reference"] is True
+    assert manifest["presets"] == ["cirr"] and manifest["protocol"]["exclude_reference"] is True
     retrieve = manifest["pipeline"]["stages"][-1]["params"]
     assert retrieve["exclude_reference"] is True and retrieve["k"] >= len(
         CIRR(workspace / "cirr").gallery_names("val")
@@ -149,9 +149,6 @@ def test_limited_run_and_missing_images(workspace, tiny_clip) -> None:
 
 def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace, tiny_clip):
     """CIReVL with scripted captioner and LLM: the second run asks no model anything."""
-    from cir.llm import load_backend
-    from cir.resources import default_resources
-
     captioner = {"backend": "scripted", "default": "a photo of a thing", "name": "bench-cap"}
     llm = {"backend": "scripted", "default": "Target Description: a red thing", "name": "bench-lm"}
     overrides = [
@@ -173,18 +170,20 @@ def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace
                 progress=False,
             )
         )
-        if out == "cirevl1":
-            backends = [load_backend(spec, default_resources) for spec in (captioner, llm)]
-            assert [len(b.calls) for b in backends] == [3, 3]
-    assert [len(b.calls) for b in backends] == [3, 3]  # nothing asked the second time
     first, second = (r.manifest for r in runs)
+    assert [first["stages"][s]["cache_misses"] for s in ("caption", "recompose")] == [3, 3]
+    lifecycle = first["model_lifecycle"]
+    loaded = [e["model"] for e in lifecycle["events"] if e["action"] == "load"]
+    released = [e["model"] for e in lifecycle["events"] if e["action"] == "release"]
+    assert {"scripted:bench-cap", "scripted:bench-lm"} <= set(loaded) & set(released)
+    assert lifecycle["peak_language_models"] == 1  # the captioner went before the LLM came
     assert "general" in first["prompts"]["recompose"]["prompt"]
     assert first["prompts"] == second["prompts"]
     assert {"scripted:bench-cap", "scripted:bench-lm", tiny_clip} <= set(first["models"])
     assert all(s["cache_misses"] == 0 for s in second["stages"].values())
     assert second["trace_totals"]["cache_hit_rate"] == 1.0
     # cirevl's circo preset asks to drop the reference; CIRCO's protocol keeps it
-    assert first["preset"] == "circo"
+    assert first["presets"] == ["circo"]
     assert first["pipeline"]["stages"][-1]["params"]["exclude_reference"] is False
     details = (workspace / "cirevl1" / "queries.jsonl").read_text().splitlines()
     assert json.loads(details[0])["targets"] == ["a red thing"]

@@ -207,11 +207,12 @@ def test_scripted_pipeline_second_run_makes_no_model_calls(gallery, tiny_models,
                    "stages.retrieve.k": 3},
     )  # fmt: skip
     resources, cache = Resources(), ContentCache(tmp_path)
-    first = pipe.run(_queries(gallery), gallery, cache=cache, resources=resources)
+    run = {"cache": cache, "resources": resources, "keep_models": True}  # models stay loaded
+    first = pipe.run(_queries(gallery), gallery, **run)
     scripted = [load_backend(spec, resources) for spec in (captioner, llm)]
     assert [len(s.calls) for s in scripted] == [3, 3]
     assert all(s.targets == ["a red cat"] and s.captions == ["a photo of a cat"] for s in first)
-    second = pipe.run(_queries(gallery), gallery, cache=cache, resources=resources)
+    second = pipe.run(_queries(gallery), gallery, **run)
     assert [len(s.calls) for s in scripted] == [3, 3]
     assert [s.ranking.ids for s in second] == [s.ranking.ids for s in first]
     hits = {r.stage: r.cache_hits for r in second[0].trace}

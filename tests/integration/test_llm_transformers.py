@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from cir.errors import BackendError
-from cir.llm import ChatMessage, ChatRequest, load_backend
+from cir.llm import ChatMessage, ChatRequest, Sampling, load_backend
 from cir.resources import Resources
 from cir.testing.lm import tiny_blip_captioner, tiny_causal_lm, tiny_chat_vlm
 
@@ -142,7 +142,7 @@ def test_vlm_takes_images_in_several_messages(model_dirs, resources):
             ChatMessage("user", "first", (RED,)),
             ChatMessage("user", "second", (STRIPES,)),
         ),
-        max_tokens=4,
+        Sampling(max_tokens=4),
     )
     [one_image] = llm.generate([ChatRequest.from_prompt("first", images=[RED], max_tokens=4)])
     [gen] = llm.generate([req])
@@ -178,7 +178,7 @@ def test_first_token_logprobs(model_dirs, resources, kind):
     req = requests_for(kind)[1]
     plain = llm.generate([req])[0]
     assert plain.first_token_logprobs is None
-    asked = ChatRequest(req.messages, max_tokens=8, logprobs=5)
+    asked = ChatRequest(req.messages, Sampling(max_tokens=8), logprobs=5)
     [gen] = llm.generate([asked])
     assert gen.texts == plain.texts
     [row] = gen.first_token_logprobs
@@ -218,3 +218,12 @@ def test_same_spec_shares_one_model(model_dirs, resources):
     a = backend(model_dirs, resources, "causal_lm")
     b = load_backend({"model": model_dirs["causal_lm"], "backend": "transformers"}, resources)
     assert a is b
+
+
+def test_beam_search_decodes_deterministically(model_dirs, resources):
+    llm = backend(model_dirs, resources, "captioner")
+    beams = ChatRequest.from_prompt("", images=[RED], max_tokens=8, num_beams=3)
+    first, again = llm.generate([beams]), llm.generate([beams])
+    assert first[0].texts == again[0].texts and first[0].text
+    greedy = llm.generate([ChatRequest.from_prompt("", images=[RED], max_tokens=8)])[0]
+    assert greedy.texts and isinstance(greedy.text, str)  # both paths decode through generate

@@ -180,7 +180,7 @@ def test_cotrr_reorders_with_a_scripted_reranker(tiny_models, gallery) -> None:
     }
     pipe = load_pipeline("cotrr", overrides=overrides)
     resources = Resources()
-    states = pipe.run(queries(gallery), gallery, resources=resources)
+    states = pipe.run(queries(gallery), gallery, resources=resources, keep_models=True)
     assert len(load_backend(scripted, resources).calls) == len(states)
     for state in states:
         moves = {m["from"]: m["to"] for m in state.data["rerank"]["moves"]}

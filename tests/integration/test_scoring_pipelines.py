@@ -185,7 +185,7 @@ def test_basic_pipeline_matches_the_formula(world, tmp_path):
 
 def test_hubness_correction_in_retrieve(world):
     index = world["index"]
-    over = {"stages.retrieve.hubness": "inverted_softmax", "stages.retrieve.k": 12}
+    over = {"stages.retrieve.hubness.method": "inverted_softmax", "stages.retrieve.k": 12}
     states = load_pipeline("clip_fusion", overrides=over).run(_queries(index), index)
     bank = l2_normalize(index.sidecar("captions")[0].float().reshape(-1, index.dim))
     gallery = index.embeddings.float()

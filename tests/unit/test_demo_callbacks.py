@@ -37,8 +37,12 @@ def _language_pipeline(folder: Path, name: str, recompose_answer: str, rerank: b
     if rerank:
         answer = 'Step 1: the sofa matters. Step 3: best first. {"ranking": [3, 1, 2]}'
         stages.append({"stage": "rerank", "params": {"llm": _scripted(default=answer), "top_n": 3}})
+    spec = {"name": name, "description": f"{name} test", "stages": stages}
+    if rerank:  # the page offers only the knobs a pipeline declares
+        mode = {"label": "mode", "set": ["stages.rerank.mode"], "choices": ["listwise", "grid"]}
+        spec["knobs"] = {"rerank_mode": mode}
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "description": f"{name} test", "stages": stages}))
+    path.write_text(yaml.safe_dump(spec))
     return str(path)
 
 

@@ -9,8 +9,8 @@ from PIL import Image
 
 from cir.cache import ContentCache
 from cir.errors import ConfigError, DataError
-from cir.generation import AnswerParseError, Ask, Generator, Sampling, policy_override
-from cir.llm import ScriptedLLM
+from cir.generation import AnswerParseError, Ask, Generator, policy_override, reads_logprobs
+from cir.llm import Sampling, ScriptedLLM
 from cir.prompts import FallbackPolicy, ParseError, load_prompt, parse_prompt_text
 from cir.types import StageRecord
 
@@ -86,7 +86,7 @@ def test_images_are_fingerprinted_and_read_only_on_a_miss(tmp_path: Path) -> Non
     answers = gen.run([Ask({}, (red,)), Ask({}, (blue,))])
     assert [a.value for a in answers] == ["(255, 0, 0)", "(0, 0, 255)"]
     red.write_bytes(b"not an image any more")  # a cached answer never decodes the file...
-    with pytest.raises(DataError, match="cannot read image"):  # ...a changed file is a new key
+    with pytest.raises(DataError, match="not an image"):  # ...a changed file is a new key
         gen.run([Ask({}, (red,))])
     Image.new("RGB", (8, 8), "blue").save(red)
     assert gen.run([Ask({}, (red,))])[0].cached  # same bytes as blue.png: same content
@@ -163,7 +163,8 @@ def test_n_samples_retry_only_the_failed_ones() -> None:
         llm,
         GENERAL,
         stage="recompose",
-        sampling=Sampling(n=3, temperature=1.0),
+        sampling=Sampling(temperature=1.0),
+        n=3,
         fallback=FallbackPolicy("retry", 1),
     )
     (answer,) = gen.run(_asks(["x"]))
@@ -189,9 +190,31 @@ def test_parsers_from_the_caller_and_per_item() -> None:
 def test_logprobs_are_carried() -> None:
     llm = ScriptedLLM(default="yes", logprobs={"yes": -0.1, "no": -2.5})
     prompt = parse_prompt_text("---\nvariables: [q]\nparser: text\n---\n{{q}}")
-    gen = Generator(llm, prompt, stage="rerank", sampling=Sampling(logprobs=2, max_tokens=1))
+    gen = Generator(llm, prompt, stage="rerank", sampling=Sampling(max_tokens=1), logprobs=2)
     (answer,) = gen.run([Ask({"q": "is it red?"})])
     assert answer.value == "yes" and answer.logprobs == [{"yes": -0.1, "no": -2.5}]
+
+
+def test_parsers_reading_logprobs_use_the_same_retry_policy() -> None:
+    def answers(request) -> list[str]:  # the first attempt says neither, the retry says yes
+        return ["hmm"] if request.seed == 0 else ["yes"]
+
+    seen = []
+
+    @reads_logprobs
+    def verdict(text: str, logprobs: dict | None) -> str:
+        seen.append(logprobs)
+        if text not in ("yes", "no"):
+            raise ParseError("neither yes nor no")
+        return text
+
+    llm = ScriptedLLM(fn=answers, logprobs={"hmm": -0.1})
+    prompt = parse_prompt_text("---\nvariables: [q]\nparser: text\n---\n{{q}}")
+    gen = Generator(llm, prompt, stage="rerank", logprobs=1, fallback=FallbackPolicy("retry", 1))
+    record = StageRecord("rerank", "rerank")
+    (answer,) = gen.run([Ask({"q": "red?"}, parser=verdict, record=record)])
+    assert answer.value == "yes" and answer.retries == 1 and record.fallbacks == 0
+    assert seen[0] == {"hmm": -0.1}  # the parser saw the first token's log-probabilities
 
 
 def test_policy_override_from_stage_params() -> None:

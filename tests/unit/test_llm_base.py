@@ -6,7 +6,16 @@ import pytest
 from PIL import Image
 
 from cir.errors import ConfigError
-from cir.llm import ChatMessage, ChatRequest, Generation, backend_names, load_backend, spec_key
+from cir.llm import (
+    ChatMessage,
+    ChatRequest,
+    Generation,
+    Sampling,
+    ScriptedLLM,
+    backend_names,
+    load_backend,
+    spec_key,
+)
 from cir.llm.base import validate_spec
 from cir.resources import Resources
 
@@ -14,8 +23,8 @@ from cir.resources import Resources
 def test_request_defaults_repeat_runs():
     req = ChatRequest.from_prompt("hi")
     assert (req.temperature, req.seed, req.n, req.top_p, req.logprobs) == (0.0, 0, 1, 1.0, 0)
-    assert not req.sampled
-    assert req.sampling() == {
+    assert not req.sampled and req.sampling == Sampling()
+    assert req.settings() == {
         "max_tokens": 256,
         "temperature": 0.0,
         "top_p": 1.0,
@@ -34,6 +43,8 @@ def test_request_defaults_repeat_runs():
         ({"top_p": 0}, "top_p"),
         ({"n": 0}, "n must be"),
         ({"logprobs": -1}, "logprobs"),
+        ({"num_beams": 0}, "num_beams"),
+        ({"num_beams": 3, "temperature": 1.0}, "beam search"),
     ],
 )
 def test_request_rejects_bad_sampling(kwargs, message):
@@ -121,12 +132,20 @@ def test_vllm_engine_args_leave_out_per_call_options():
         "model": "m",
         "dtype": "auto",
         "max_model_len": 256,
-        "gpu_memory_utilization": 0.9,
         "tensor_parallel_size": 1,
         "enforce_eager": False,
         "seed": 0,
         "trust_remote_code": False,
-    }
+    }  # gpu_memory_utilization unset: chosen from the free memory when the engine starts
+
+
+def test_engine_memory_share_comes_from_free_memory_on_a_gpu():
+    import torch
+
+    from cir.llm.vllm_backend import free_memory_share
+
+    share = free_memory_share()
+    assert share is None if not torch.cuda.is_available() else 0.05 <= share <= 0.95
 
 
 @pytest.mark.skipif(
@@ -135,3 +154,15 @@ def test_vllm_engine_args_leave_out_per_call_options():
 def test_vllm_backend_without_vllm_says_how_to_install_it():
     with pytest.raises(ConfigError, match=r"pip install 'cir\[vllm\]'.*setup_vllm_env\.sh"):
         load_backend({"backend": "vllm", "model": "m"}, resources=Resources())
+
+
+def test_beam_search_is_refused_where_a_backend_cannot_search():
+    from cir.llm.base import check_batch
+
+    beams = ChatRequest.from_prompt("hi", num_beams=4)
+    assert beams.num_beams == 4 and "num_beams" in beams.settings()
+    assert "num_beams" not in ChatRequest.from_prompt("hi").settings()  # old cache keys hold
+    assert check_batch("x", [beams]) == [beams]
+    with pytest.raises(ConfigError, match="beam search"):
+        check_batch("VLLMBackend", [beams], beam_search=False)
+    assert ScriptedLLM(default="ok").generate([beams])[0].text == "ok"

@@ -71,13 +71,13 @@ def test_runs_in_batches_with_a_trace_per_stage():
     assert record.seconds >= 0
 
 
-def test_on_stage_is_called_before_each_stage_of_each_batch():
+def test_on_stage_is_called_once_before_each_stage():
     spec = {"stages": [{"stage": "test_upper"}, {"stage": "test_upper", "name": "again"}]}
     calls = []
     Pipeline.from_dict(spec).run(
         [Query("a"), Query("b"), Query("c")], batch_size=2, on_stage=lambda *a: calls.append(a)
     )
-    assert calls == [(0, 2, "test_upper"), (1, 2, "again")] * 2
+    assert calls == [(0, 2, "test_upper"), (1, 2, "again")]  # stage by stage, not per batch
 
 
 def test_yaml_round_trip_keeps_every_parameter():

@@ -148,7 +148,7 @@ def test_retrieve_seize_and_reference_score(index):
 
 
 def test_retrieve_dot_rule_keeps_the_search_path(index):
-    plain, rule = Retrieve(k=10), Retrieve(k=10, rule="dot", hubness="csls")
+    plain, rule = Retrieve(k=10), Retrieve(k=10, rule="dot", hubness={"method": "csls"})
     a = _ranked(index, plain, _states(2, plain))
     b = _ranked(index, rule, _states(2, rule))
     assert all(len(s.ranking) == 10 for s in a + b)
@@ -156,5 +156,7 @@ def test_retrieve_dot_rule_keeps_the_search_path(index):
     with pytest.raises(ConfigError, match="unknown scoring rule"):
         Retrieve(rule="nope")
     with pytest.raises(DataError, match="no sidecar"):
-        missing = Retrieve(hubness="csls", hubness_bank="other")
+        missing = Retrieve(hubness={"method": "csls", "bank": "other"})
         _ranked(index, missing, _states(1, missing))
+    with pytest.raises(ConfigError, match=r"hubness.*unknown parameter.*valid parameters: bank"):
+        Retrieve(hubness={"methd": "csls"})
