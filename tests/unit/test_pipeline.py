@@ -16,7 +16,7 @@ from cir.pipeline import (
     load_pipeline,
     parse_override,
 )
-from cir.stages.base import Stage, register_stage
+from cir.stages.base import Port, Stage, register_stage, registered_stages, registry_snapshot
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,6 @@ class _UpperParams:
     repeat: int = 1
 
 
-@register_stage
 class _Upper(Stage):
     """Test stage: targets = upper-cased modification text."""
 
@@ -43,7 +42,6 @@ class _Upper(Stage):
         return states
 
 
-@register_stage
 class _NeedsCaptions(Stage):
     name = "test_needs_captions"
     reads = ("captions",)
@@ -51,6 +49,23 @@ class _NeedsCaptions(Stage):
 
     def run(self, states, ctx):
         return states
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_stages():
+    """The test stages exist for this module only (the global registry is restored)."""
+    with registry_snapshot():
+        register_stage(_Upper)
+        register_stage(_NeedsCaptions)
+        yield
+
+
+def test_stages_registered_by_tests_do_not_leak():
+    assert "test_upper" in registered_stages()
+    with registry_snapshot():
+        register_stage(type("_Temp", (Stage,), {"name": "test_temp", "run": lambda s, x, c: x}))
+        assert "test_temp" in registered_stages()
+    assert "test_temp" not in registered_stages()
 
 
 def _spec(**params):
