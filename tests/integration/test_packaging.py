@@ -11,6 +11,13 @@ import pytest
 
 from tests.conftest import REPO
 
+# BASIC's corpora, LAION means, licence and provenance ship inside the package.
+BASIC_FILES = (
+    "objects.txt", "styles.txt", "generic_subjects.csv", "generic_styles.csv",
+    "laion_1m_mean_clip_vitl14.npy", "laion_1m_mean_siglip_vitl16_256.npy",
+    "laion_textual_mean.npy", "LICENSE.icir", "README.md",
+)  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def wheel_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -35,7 +42,8 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
         "print(sorted(x.name for x in paths.shipped_dir('prompts').iterdir()));"
         "print((paths.shipped_dir('demos') / 'app.py').is_file());"
         "import importlib.resources as r;"
-        "print(r.files('cir').joinpath('data/basic/objects.txt').is_file())"
+        "basic = r.files('cir').joinpath('data/basic');"
+        f"print(all(basic.joinpath(n).is_file() for n in {BASIC_FILES!r}))"
     )
     env = dict(os.environ, PYTHONPATH=str(wheel_site))
     out = subprocess.run(

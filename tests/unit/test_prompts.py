@@ -23,11 +23,18 @@ from cir.prompts import (
 # A shipped prompt version is never edited: a change is a new .v<N+1> file with its own hash here.
 PINNED = {
     "caption/brief.v1": "7a36bcf74e98",
+    "caption/cirevl.v1": "0556a4aadd14",
     "caption/detailed.v1": "7f0adf14f7ad",
+    "caption/ldre.v1": "203919bded91",
     "caption/plain.v1": "05766a65bd21",
     "reason/osrcir.v1": "85fc1b550122",
+    "reason/osrcir.v2": "ef1884ab6e28",
+    "recompose/cirevl-circo.v1": "fea1bb1517b7",
+    "recompose/cirevl-cirr.v1": "7d3f660db9e0",
+    "recompose/cirevl-fashion.v1": "fd65d587e49f",
     "recompose/fashion.v1": "c64341d5b384",
     "recompose/general.v1": "2b8164ab8bdd",
+    "recompose/ldre.v1": "2baf91aab509",
     "recompose/short.v1": "32779e3ec485",
 }
 PINNED_STAGES = ("caption", "recompose", "reason")

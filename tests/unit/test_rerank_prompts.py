@@ -10,6 +10,7 @@ from cir.prompts import list_prompts, load_prompt
 
 # A shipped prompt version is never edited: a change is a new .v<N+1> file with its own hash here.
 PINNED = {
+    "rerank/cotrr.v1": "594a04df6ccd",
     "rerank/grid.v1": "8f1898f4732b",
     "rerank/listwise.v1": "f023c26e28bc",
     "rerank/verify.v1": "a22e3e1f0398",
