@@ -16,7 +16,7 @@ from cir.pipeline import (
     load_pipeline,
     parse_override,
 )
-from cir.stages.base import Port, Stage, register_stage, registered_stages, registry_snapshot
+from cir.stages.base import Stage, register_stage, registered_stages, registry_snapshot
 
 
 @dataclass(frozen=True)
