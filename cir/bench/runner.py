@@ -85,6 +85,7 @@ def run_benchmark(
     workers: int = 0,
     progress: bool = True,
     resources: Resources | None = None,
+    keep_models: bool = False,
 ) -> BenchResult:
     """Run ``pipeline`` on a benchmark split and write predictions, metrics, manifest, report.
 
@@ -102,6 +103,8 @@ def run_benchmark(
             dataset and the backbone apply (``cirr``, ``@ViT-bigG-14``, ``cirr@ViT-bigG-14``).
         workers: DataLoader workers for building an index.
         resources: the model cache (its load/release events go into the manifest).
+        keep_models: keep every model loaded after the run (several runs in one process);
+            by default each is released after the last stage that uses it.
     """
     ds = get_dataset(
         dataset, data_root, image_root=image_root, text_rule=text_rule,
@@ -127,10 +130,11 @@ def run_benchmark(
         outcome.indexes[part.name or ds.name] = info
         groups.append(RunGroup(part.queries, index))
     results = pipe.run_groups(
-        groups, batch_size, cache, resources, device, progress,
+        groups, batch_size, cache, resources, device, progress, keep_models=keep_models,
         keep_artifacts=False, keep_embeddings=False,
     )  # fmt: skip
-    _release_encoder(resources, spec, device)
+    if not keep_models:
+        _release_encoder(resources, spec, device)
     with (out / "queries.jsonl").open("w", encoding="utf-8") as details:
         for states in results:
             outcome.add(states, ds.protocol)

@@ -1,16 +1,21 @@
-"""``cir pipelines list|show``."""
+"""``cir pipelines list|show|plan`` and ``cir stages list``."""
 
 from __future__ import annotations
+
+import json
+import re
+import textwrap
 
 import click
 
 from cir.cli._common import format_table, overrides_option, preset_option
+from cir.errors import ConfigError
 from cir.pipeline import list_pipelines, load_pipeline, pipeline_path
 
 
 @click.group("pipelines")
 def pipelines_group() -> None:
-    """List and show the shipped pipelines."""
+    """List, show and plan the shipped pipelines."""
 
 
 @pipelines_group.command("list")
@@ -26,15 +31,119 @@ def list_command() -> None:
 @pipelines_group.command("show")
 @click.argument("name")
 @click.option("--resolved", is_flag=True, help="Print the validated pipeline with every parameter.")
+@click.option("--flow", is_flag=True, help="Print which stage writes what and who reads it.")
 @overrides_option
 @preset_option
-def show_command(name: str, resolved: bool, overrides: tuple[str, ...], preset: str | None) -> None:
+def show_command(
+    name: str, resolved: bool, flow: bool, overrides: tuple[str, ...], preset: str | None
+) -> None:
     """Print a pipeline's YAML (its documentation is the comment at its top)."""
-    if resolved or overrides or preset:
-        click.echo(load_pipeline(name, overrides, preset).to_yaml(), nl=False)
+    pipe = load_pipeline(name, overrides, preset)  # validates before showing
+    if flow:
+        click.echo(pipe.flow())
+    elif resolved or overrides or preset:
+        click.echo(pipe.to_yaml(), nl=False)
     else:
-        load_pipeline(name)  # validates before showing
         click.echo(pipeline_path(name).read_text(), nl=False)
+    click.echo(_deviations_text(pipe))
 
 
-COMMANDS = [pipelines_group]
+def _deviations_text(pipe) -> str:
+    if pipe.deviations is None:
+        return "\n# deviations from the paper: not declared"
+    active = pipe.active_deviations()
+    if not active:
+        return "\n# deviations from the paper: none"
+    lines = ["", f"# deviations from the paper ({len(active)}):"]
+    for d in active:
+        text = f"{d.what} — why: {d.why} — expected effect: {d.effect}"
+        lines += textwrap.wrap(text, 96, initial_indent="#  - ", subsequent_indent="#    ")
+    return "\n".join(lines)
+
+
+@pipelines_group.command("plan")
+@click.argument("name")
+@overrides_option
+@preset_option
+@click.option(
+    "--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+    help="Where the models would run.",
+)  # fmt: skip
+@click.option("--memory", default=None, help="The device's memory, e.g. 24GiB or 80GB.")
+@click.option("--gallery", type=int, default=0, help="Gallery images held on the device.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_command(name, overrides, preset, device, memory, gallery, as_json) -> None:
+    """Each stage's models, their parameters and memory, and the peak — before any download.
+
+    Sizes come from each model's config and safetensors metadata: a local folder, the
+    Hugging Face cache, or config.json fetched alone from the hub.
+    """
+    from cir.plan import plan_pipeline
+
+    pipe = load_pipeline(name, overrides, preset)
+    plan = plan_pipeline(pipe, device, parse_bytes(memory) if memory else None, gallery)
+    click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else plan.table())
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> int:
+    """``24GiB``, ``80GB``, ``512MiB`` or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?I?B?)\s*", text.upper())
+    if match is None or match.group(2) not in _UNITS:
+        raise ConfigError(f"memory {text!r} is not a size; write e.g. 24GiB, 80GB or 512MiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+@click.group("stages")
+def stages_group() -> None:
+    """The registered stages and their parameters."""
+
+
+@stages_group.command("list")
+@click.argument("name", required=False)
+def stages_list_command(name: str | None) -> None:
+    """Every registered stage with what it reads, writes and its parameters (or one stage)."""
+    from cir.stages.base import registered_stages, stage_class
+
+    classes = {name: stage_class(name)} if name else registered_stages()
+    blocks = [_stage_text(cls) for cls in classes.values()]
+    click.echo("\n\n".join(blocks))
+
+
+def _stage_text(cls) -> str:
+    import dataclasses
+
+    stage = cls()
+    doc = (cls.__doc__ or "").strip().splitlines()[0]
+    params = [f"{f.name}={_default(f)}" for f in dataclasses.fields(cls.Params) if f.init]
+    lines = [f"{cls.name}: {doc}"]
+    lines += [f"  reads   {p.field} ({p.kind}){_doc(p)}" for p in stage.bound_inputs()]
+    lines += [f"  writes  {p.field} ({p.kind}){_doc(p)}" for p in stage.bound_outputs()]
+    if cls.language_models or cls.uses_encoder:
+        models = [*cls.language_models, *(["model (CLIP encoder)"] if cls.uses_encoder else [])]
+        lines.append(f"  models  {', '.join(models)}")
+    if stage.whole_set:
+        lines.append("  scope   the whole query set at once")
+    lines += textwrap.wrap(", ".join(params), 96, initial_indent="  params  ",
+                           subsequent_indent="          ")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _default(f) -> str:
+    import dataclasses
+
+    if f.default is not dataclasses.MISSING:
+        return json.dumps(f.default)
+    if f.default_factory is not dataclasses.MISSING:
+        return json.dumps(f.default_factory())
+    return "?"
+
+
+def _doc(port) -> str:
+    return f": {port.doc}" if port.doc else ""
+
+
+COMMANDS = [pipelines_group, stages_group]

@@ -109,8 +109,23 @@ def _save_generation_config(model, ids: dict[str, int]) -> None:
     )
 
 
-def tiny_causal_lm(path: str | Path, seed: int = 0) -> str:
-    """A 2-layer Qwen2 causal LM (about 0.3 M parameters) with a chat-template tokenizer.
+def text_dims(hidden: int = 128, layers: int = 2) -> dict:
+    """Qwen2 text dimensions with head_dim 64 (vLLM's CPU attention needs it): the tiny
+    default, or larger ones (``hidden`` a multiple of 64) for memory benchmarks."""
+    heads = max(1, hidden // 64)
+    return dict(
+        _TEXT_LM,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+    )
+
+
+def tiny_causal_lm(path: str | Path, seed: int = 0, hidden: int = 128, layers: int = 2) -> str:
+    """A 2-layer Qwen2 causal LM (about 0.3 M parameters) with a chat-template tokenizer;
+    ``hidden``/``layers`` make it larger.
 
     Returns:
         The folder, as a string, ready for ``from_pretrained`` and vLLM.
@@ -126,7 +141,7 @@ def tiny_causal_lm(path: str | Path, seed: int = 0) -> str:
         eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
         tie_word_embeddings=True,
-        **_TEXT_LM,
+        **text_dims(hidden, layers),
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).eval()
@@ -136,8 +151,9 @@ def tiny_causal_lm(path: str | Path, seed: int = 0) -> str:
     return str(path)
 
 
-def tiny_chat_vlm(path: str | Path, seed: int = 0) -> str:
-    """A tiny Qwen2-VL chat model with its processor (image, video, tokenizer, chat template).
+def tiny_chat_vlm(path: str | Path, seed: int = 0, hidden: int = 128, layers: int = 2) -> str:
+    """A tiny Qwen2-VL chat model with its processor (image, video, tokenizer, chat template);
+    ``hidden``/``layers`` make its language model larger.
 
     Images are resized to at most 112x112 pixels, i.e. at most 16 image tokens.
     """
@@ -151,13 +167,14 @@ def tiny_chat_vlm(path: str | Path, seed: int = 0) -> str:
     path = Path(path)
     tokenizer = _bpe_tokenizer()
     ids = _token_ids(tokenizer)
-    head_dim = _TEXT_LM["hidden_size"] // _TEXT_LM["num_attention_heads"]
+    dims = text_dims(hidden, layers)
+    head_dim = dims["hidden_size"] // dims["num_attention_heads"]
     rope = {"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 10000.0}
     assert sum(rope["mrope_section"]) == head_dim // 2
-    text = dict(_TEXT_LM, vocab_size=len(tokenizer), rope_parameters=rope, rope_scaling=rope)
+    text = dict(dims, vocab_size=len(tokenizer), rope_parameters=rope, rope_scaling=rope)
     text.update(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"])
     text["pad_token_id"] = ids["<|endoftext|>"]
-    vision = dict(depth=1, embed_dim=64, num_heads=2, mlp_ratio=2, hidden_size=128)
+    vision = dict(depth=1, embed_dim=64, num_heads=2, mlp_ratio=2, hidden_size=hidden)
     vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     config = Qwen2VLConfig(
         text_config=text,

@@ -1,0 +1,361 @@
+"""A memory plan for a pipeline, made before anything is downloaded.
+
+For each stage: the models it loads, their parameter count and estimated weight and KV-cache
+memory, and which models are resident while it runs (a run loads a model when the first stage
+naming it starts and releases it after the last one). The peak is the largest stage. Sizes come
+from what each model publishes as metadata only — ``config.json`` (read from a local folder, the
+Hugging Face cache, or fetched alone from the hub), a safetensors index or header — and
+parameter counts from building the architecture on PyTorch's ``meta`` device (no memory).
+
+Example:
+    >>> plan = plan_pipeline(load_pipeline("best"), device="cuda", device_bytes=24 * 2**30)
+    >>> print(plan.table())
+    >>> plan.warnings
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cir.context import Context
+from cir.errors import ConfigError
+from cir.resources import ModelUse
+
+_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "bfloat16": 2, "bf16": 2}
+_SAFETENSORS_BYTES = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I8": 1, "U8": 1}
+GiB = 2**30
+
+
+@dataclass
+class ModelEstimate:
+    """What one model needs: parameters, bytes of weights and of a minimal KV cache."""
+
+    name: str
+    kind: str
+    params: int | None
+    dtype: str
+    weight_bytes: int | None
+    kv_bytes: int = 0
+    source: str = ""
+    note: str = ""
+
+    @property
+    def total(self) -> int:
+        return (self.weight_bytes or 0) + self.kv_bytes
+
+
+@dataclass
+class StagePlan:
+    stage: str
+    models: list[str]
+    resident: list[str]
+    bytes: int
+
+
+@dataclass
+class Plan:
+    """A pipeline's memory plan; ``table()`` prints it, ``warnings`` says what does not fit."""
+
+    pipeline: str
+    device: str
+    device_bytes: int | None
+    device_note: str
+    models: dict[str, ModelEstimate]
+    stages: list[StagePlan]
+    extra_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def peak(self) -> StagePlan | None:
+        return max(self.stages, key=lambda s: s.bytes, default=None)
+
+    def table(self) -> str:
+        from cir.cli._common import format_table
+
+        models = [
+            [m.name, m.kind, _count(m.params), m.dtype, _gib(m.weight_bytes), _gib(m.kv_bytes),
+             m.source + (f" ({m.note})" if m.note else "")]
+            for m in self.models.values()
+        ]  # fmt: skip
+        stages = [[s.stage, ", ".join(s.resident) or "-", _gib(s.bytes)] for s in self.stages]
+        peak = self.peak
+        lines = [
+            format_table(
+                ["model", "kind", "params", "dtype", "weights", "KV cache", "from"], models
+            ),
+            "",
+            format_table(["stage", "resident models", "memory"], stages),
+            "",
+            f"peak: {_gib(peak.bytes if peak else 0)} during stage {peak.stage if peak else '-'}"
+            + (f" (+{_gib(self.extra_bytes)} gallery index)" if self.extra_bytes else ""),
+            f"device: {self.device}, {_gib(self.device_bytes)} ({self.device_note})",
+        ]
+        return "\n".join(lines + [f"warning: {w}" for w in self.warnings])
+
+    def to_dict(self) -> dict[str, Any]:
+        peak = self.peak
+        return {
+            "pipeline": self.pipeline,
+            "device": self.device,
+            "device_bytes": self.device_bytes,
+            "models": {k: vars(m) | {"total": m.total} for k, m in self.models.items()},
+            "stages": [vars(s) for s in self.stages],
+            "peak_bytes": (peak.bytes if peak else 0) + self.extra_bytes,
+            "peak_stage": peak.stage if peak else None,
+            "warnings": self.warnings,
+        }
+
+
+def plan_pipeline(
+    pipeline: Any,
+    device: str = "cuda",
+    device_bytes: int | None = None,
+    gallery_size: int = 0,
+) -> Plan:
+    """The memory plan of ``pipeline`` on ``device`` (``cuda`` or ``cpu``).
+
+    Args:
+        device_bytes: the device's memory; default: the GPU's (or the host's for ``cpu``),
+            else 24 GiB assumed for ``cuda`` on a machine without one (said in the plan).
+        gallery_size: images in the gallery index held on the device (fp16 rows).
+    """
+    ctx = Context(encoder=pipeline.encoder)
+    uses = [_uses(stage, ctx) for stage in pipeline.stages]
+    estimates: dict[str, ModelEstimate] = {}
+    for stage_uses in uses:
+        for use in stage_uses:
+            if use.name not in estimates:
+                estimates[use.name] = estimate(use, device)
+    stages = _residency(pipeline.stages, uses, estimates)
+    size, note = _device_memory(device, device_bytes)
+    dim = _encoder_dim(estimates)
+    plan = Plan(pipeline.name, device, size, note, estimates, stages, gallery_size * dim * 2)
+    plan.warnings = _warnings(plan)
+    return plan
+
+
+def _uses(stage: Any, ctx: Context) -> list[ModelUse]:
+    try:
+        return stage.models(ctx)
+    except ConfigError:
+        return []  # an encoding stage with no encoder declared: the index decides at run time
+
+
+def _residency(stages, uses, estimates) -> list[StagePlan]:
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for position, stage_uses in enumerate(uses):
+        for use in stage_uses:
+            first.setdefault(use.name, position)
+            last[use.name] = position
+    out = []
+    for position, (stage, stage_uses) in enumerate(zip(stages, uses, strict=True)):
+        resident = [n for n in first if first[n] <= position <= last[n]]
+        total = sum(estimates[n].total for n in resident)
+        out.append(StagePlan(stage.instance, [u.name for u in stage_uses], resident, total))
+    return out
+
+
+# ---------------------------------------------------------------------- estimating one model
+def estimate(use: ModelUse, device: str) -> ModelEstimate:
+    """Parameters and memory of one model from its metadata (never its weights)."""
+    if use.kind == "encoder":
+        return _estimate_encoder(use, device)
+    spec = use.spec
+    if spec.get("backend") in ("openai", "scripted"):
+        where = "served remotely" if spec.get("backend") == "openai" else "scripted"
+        return ModelEstimate(use.name, "language", 0, "-", 0, 0, where, "no local memory")
+    try:
+        folder = _config_folder(use.name, spec.get("revision"))
+        config = json.loads((folder / "config.json").read_text())
+    except (ConfigError, OSError, ValueError) as exc:
+        return ModelEstimate(use.name, "language", None, "?", None, 0, f"no config: {exc}")
+    params, source = _param_count(folder, config)
+    dtype = _language_dtype(spec, config, device)
+    kv = _kv_bytes(config, spec, dtype)
+    weight = params * _BYTES[dtype] if params is not None else None
+    return ModelEstimate(use.name, "language", params, dtype, weight, kv, source)
+
+
+def _config_folder(model: str, revision: str | None) -> Path:
+    """A folder holding the model's ``config.json``: the model's own, or the hub cache's."""
+    local = Path(model).expanduser()
+    if (local / "config.json").is_file():
+        return local
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(model, "config.json", revision=revision)
+    except Exception as exc:  # the hub client raises many kinds; all mean "not reachable"
+        raise ConfigError(
+            f"cannot read the config of {model!r} ({type(exc).__name__}: {exc}); give a local "
+            "folder, or put the model's config.json in the Hugging Face cache"
+        ) from None
+    return Path(path).parent
+
+
+def _param_count(folder: Path, config: dict[str, Any]) -> tuple[int | None, str]:
+    """From a safetensors index or header when present, else the architecture on ``meta``."""
+    counted = _safetensors_params(folder)
+    if counted is not None:
+        return counted, "safetensors metadata"
+    try:
+        return _meta_params(folder), "config (meta device)"
+    except Exception as exc:  # unknown architectures: say so instead of failing the plan
+        return None, f"unknown ({type(exc).__name__})"
+
+
+def _safetensors_params(folder: Path) -> int | None:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for file in files:
+        with file.open("rb") as fh:
+            size = struct.unpack("<Q", fh.read(8))[0]
+            if size > 100 * 2**20:
+                return None
+            header = json.loads(fh.read(size))
+        for name, entry in header.items():
+            if name != "__metadata__":
+                count = 1
+                for dim in entry["shape"]:
+                    count *= dim
+                total += count
+    return total
+
+
+def _meta_params(folder: Path) -> int:
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(folder)
+    names = [*(config.architectures or []), "AutoModel"]
+    cls = next(getattr(transformers, n) for n in names if hasattr(transformers, n))
+    with torch.device("meta"):
+        model = cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _language_dtype(spec: dict[str, Any], config: dict[str, Any], device: str) -> str:
+    dtype = str(spec.get("dtype", "auto"))
+    if dtype != "auto":
+        return dtype
+    if device == "cpu":
+        return "float32"
+    stored = config.get("torch_dtype") or config.get("dtype") or "float16"
+    return stored if stored in _BYTES else "float16"
+
+
+def _kv_bytes(config: dict[str, Any], spec: dict[str, Any], dtype: str) -> int:
+    """KV cache for one sequence of ``max_model_len`` tokens (vLLM's minimum), or the cache
+    size a spec fixes with ``kv_cache_memory_bytes``."""
+    if spec.get("kv_cache_memory_bytes"):
+        return int(spec["kv_cache_memory_bytes"])
+    text = config.get("text_config") or config
+    layers = text.get("num_hidden_layers")
+    heads = text.get("num_attention_heads")
+    if not layers or not heads or "hidden_size" not in text:
+        return 0
+    kv_heads = text.get("num_key_value_heads", heads)
+    head_dim = text.get("head_dim") or text["hidden_size"] // heads
+    tokens = spec.get("max_model_len") or min(text.get("max_position_embeddings", 4096), 32768)
+    seqs = spec.get("max_num_seqs") or 1
+    return 2 * layers * kv_heads * head_dim * _BYTES[dtype] * tokens * seqs
+
+
+def _estimate_encoder(use: ModelUse, device: str) -> ModelEstimate:
+    dtype = use.spec.get("dtype") or ("float16" if device != "cpu" else "float32")
+    dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}.get(dtype, dtype)
+    try:
+        params, dim = _encoder_params(use.spec["model"], use.spec.get("pretrained"))
+    except Exception as exc:  # unknown names and unreadable folders: a plan row that says so
+        return ModelEstimate(use.name, "encoder", None, dtype, None, 0, f"unknown ({exc})")
+    note = f"{dim}-d embeddings"
+    return ModelEstimate(
+        use.name, "encoder", params, dtype, params * _BYTES[dtype], 0, "config", note
+    )
+
+
+def _encoder_params(model: str, pretrained: str | None) -> tuple[int, int]:
+    import torch
+
+    from cir.models.spec import parse_spec
+
+    parsed = parse_spec(model, pretrained)
+    if parsed.family == "hf":
+        folder = _config_folder(parsed.model, None)
+        params = _param_count(folder, {})[0]
+        config = json.loads((folder / "config.json").read_text())
+        return params or 0, int(config.get("projection_dim", 0))
+    import logging
+
+    import open_clip
+
+    quiet = logging.getLogger()
+    level, quiet.level = quiet.level, logging.ERROR  # "no pretrained weights": none are wanted
+    try:
+        with torch.device("meta"):
+            net = open_clip.create_model(parsed.open_clip_name, pretrained=None, device="meta")
+    finally:
+        quiet.setLevel(level)
+    dim = int(getattr(net, "text_projection", torch.empty(0, 0)).shape[-1] or 0)
+    return sum(p.numel() for p in net.parameters()), dim
+
+
+def _encoder_dim(estimates: dict[str, ModelEstimate]) -> int:
+    for m in estimates.values():
+        if m.kind == "encoder" and m.note.endswith("-d embeddings"):
+            return int(m.note.split("-")[0])
+    return 768
+
+
+# ---------------------------------------------------------------------- the device
+def _device_memory(device: str, given: int | None) -> tuple[int | None, str]:
+    if given is not None:
+        return given, "as given"
+    if device == "cpu":
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return pages, "host memory"
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_properties(0).total_memory, torch.cuda.get_device_name(0)
+    return 24 * GiB, "assumed: no GPU on this machine; set --memory"
+
+
+def _warnings(plan: Plan) -> list[str]:
+    out = [
+        f"the size of {m.name} is unknown ({m.source}); the peak leaves it out"
+        for m in plan.models.values()
+        if m.weight_bytes is None
+    ]
+    peak = plan.peak
+    if peak is None or plan.device_bytes is None:
+        return out
+    need = peak.bytes + plan.extra_bytes
+    if need > plan.device_bytes:
+        out.append(
+            f"the peak ({_gib(need)}, stage {peak.stage}: {', '.join(peak.resident)}) exceeds "
+            f"the device ({_gib(plan.device_bytes)}). To lower it: load in a smaller dtype "
+            "(dtype: bfloat16 or float16), shorten the KV cache (max_model_len, max_num_seqs), "
+            "split the model over GPUs (tensor_parallel_size), pick a smaller model "
+            "(--set stages.<stage>.llm.model=...), or serve it from another machine "
+            "(backend: openai)"
+        )
+    return out
+
+
+def _gib(value: int | None) -> str:
+    return "?" if value is None else f"{value / GiB:.2f} GiB"
+
+
+def _count(value: int | None) -> str:
+    if value is None:
+        return "?"
+    return f"{value / 1e9:.2f} B" if value >= 1e9 else f"{value / 1e6:.1f} M"
