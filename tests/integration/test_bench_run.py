@@ -1,5 +1,6 @@
-"""``cir bench run`` end to end on miniature splits: real annotation entries, generated images,
-a tiny open_clip model loaded through the real code, the real index, cache and pipeline."""
+"""``cir bench run`` end to end on miniature splits: annotation entries in the official formats
+(the committed fixtures), generated images, a tiny open_clip model loaded through the real
+code, the real index, cache and pipeline."""
 
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from cir.cli import cli
 
 
 @pytest.fixture(scope="module")
-def workspace(benchmarks_root: Path, tmp_path_factory) -> Path:
+def workspace(fixtures_root: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     for name in ("circo", "cirr", "fashioniq"):
         # 50 distractors: every gallery is large enough for top-50 submissions
-        make_miniature(name, benchmarks_root / name, root / name, n_queries=3, distractors=50)
+        make_miniature(name, fixtures_root / name, root / name, n_queries=3, distractors=50)
     return root
 
 
