@@ -95,6 +95,38 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_value(value: Any) -> str:
+    """Metrics with two decimals; counts (``missing/...``) as integers."""
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
+
+
+def missing_lines(missing: Mapping[str, Any] | None) -> list[str]:
+    """The report's warning for a run on an incomplete image folder (``--allow-missing``)."""
+    if not missing:
+        return []
+    if missing["complete"]:
+        return ["Run with `--allow-missing`: no image was missing.", ""]
+    lines = [
+        "## Missing images",
+        "",
+        f"**Incomplete data: these numbers are not comparable with full-benchmark results.** "
+        f"{missing['gallery_images']} of {missing['gallery_total']} gallery images were absent; "
+        f"{missing['queries_dropped']} of {missing['queries_total']} queries were dropped "
+        "(reference or target absent).",
+        "",
+    ]
+    if missing.get("ground_truths_missing"):
+        lines += [f"{missing['ground_truths_missing']} further ground truths were absent.", ""]
+    if len(missing.get("by_part", {})) > 1:
+        rows = [
+            [name, f"{c['gallery_images']} / {c['gallery_total']}",
+             f"{c['queries_dropped']} / {c['queries_total']}"]
+            for name, c in missing["by_part"].items()
+        ]  # fmt: skip
+        lines += [markdown_table(["part", "images missing", "queries dropped"], rows), ""]
+    return lines
+
+
 def write_report(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     """Write ``report.md`` (and its plots) for a run into ``run_dir``; returns the report path."""
     run_dir = Path(run_dir)
@@ -109,11 +141,11 @@ def write_report(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
         f"- created: {manifest.get('created')}",
         "",
     ]
+    lines += missing_lines(manifest.get("missing"))
     if metrics:
         lines += ["## Metrics", ""]
-        lines += [
-            markdown_table(["metric", "value (%)"], [[k, f"{v:.2f}"] for k, v in metrics.items()])
-        ]
+        rows = [[k, format_value(v)] for k, v in metrics.items()]
+        lines += [markdown_table(["metric", "value (%)"], rows)]
         lines.append("")
         for name, plot in (
             ("recall_at_k.png", plot_recall(metrics, run_dir / "recall_at_k.png", title)),

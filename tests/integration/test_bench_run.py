@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cir.bench.datasets import CIRR
+from cir.bench.datasets import CIRR, FashionIQ
 from cir.bench.evaluate import evaluate_files
 from cir.bench.manifest import file_sha256
 from cir.bench.placeholders import make_miniature
@@ -189,3 +189,60 @@ def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace
     assert first["pipeline"]["stages"][-1]["params"]["exclude_reference"] is False
     details = (workspace / "cirevl1" / "queries.jsonl").read_text().splitlines()
     assert json.loads(details[0])["targets"] == ["a red thing"]
+
+
+def test_allow_missing_runs_on_the_images_present_and_says_so(fixtures_root, tiny_clip, tmp_path):
+    root = make_miniature("fashioniq", fixtures_root / "fashioniq", tmp_path / "fiq", n_queries=3,
+                          distractors=50, splits=("val",))  # fmt: skip
+    ds = FashionIQ(root)
+    parts = {p.name: p for p in ds.parts("val")}
+    dress = parts["dress"].queries
+    gone = {
+        parts["dress"].gallery[dress[0].reference_id],  # drops dress/0
+        parts["dress"].gallery[dress[1].extras["target_id"]],  # drops dress/1 (if not the same)
+    }
+    used = {i for q in dress for i in (q.reference_id, q.extras["target_id"])}
+    spare = next(p for gid, p in parts["shirt"].gallery.items()
+                 if gid not in {i for q in parts["shirt"].queries
+                                for i in (q.reference_id, q.extras["target_id"])})  # fmt: skip
+    gone.add(spare)  # a distractor only: no query dropped for it
+    for path in gone:
+        path.unlink()
+    dropped = sum(1 for q in dress if {q.reference_id, q.extras["target_id"]} & _ids(gone, parts))
+    assert used and dropped >= 1
+
+    base = ["bench", "run", "fashioniq", "--data-root", str(root), "--pipeline", "clip_fusion",
+            "--encoder", tiny_clip, "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    refused = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 1 and "is missing" in refused.output
+
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "run"), "--allow-missing"])
+    assert res.exit_code == 0, res.output
+    assert "warning: incomplete data: 3 of" in res.stderr
+    out = tmp_path / "run"
+    metrics = json.loads((out / "metrics.json").read_text())
+    total = sum(len(p.gallery) for p in parts.values())
+    assert metrics["missing/gallery_images"] == 3 and metrics["missing/gallery_total"] == total
+    assert metrics["missing/queries_dropped"] == dropped
+    assert metrics["missing/queries_total"] == 9
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["queries"] == 9 - dropped
+    assert manifest["missing"]["by_part"]["shirt"] == {
+        "gallery_images": 1, "gallery_total": len(parts["shirt"].gallery),
+        "queries_dropped": 0, "queries_total": 3,
+    }  # fmt: skip
+    assert sorted(manifest["missing"]["examples"]) == sorted(str(p) for p in gone)
+    assert manifest["indexes"]["dress"]["images"] == len(parts["dress"].gallery) - 2
+    report = (out / "report.md").read_text()
+    assert "## Missing images" in report and "not comparable" in report
+    assert f"{dropped} of 9 queries were dropped" in report
+    lines = (out / "queries.jsonl").read_text().splitlines()
+    kept = {json.loads(line)["id"] for line in lines}
+    assert len(kept) == 9 - dropped and "dress/0" not in kept
+    predictions = json.loads((out / "fashioniq_val_submission.json").read_text())
+    assert set(predictions) == kept
+    assert not any(str(p.stem) in r for r in predictions.values() for p in gone)
+
+
+def _ids(paths: set[Path], parts) -> set[str]:
+    return {gid for p in parts.values() for gid, path in p.gallery.items() if path in paths}
