@@ -40,7 +40,7 @@ def plot_recall(metrics: Mapping[str, float], path: Path, title: str) -> Path | 
     series = recall_series(metrics)
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in series.items():
         ks, values = zip(*points, strict=True)
@@ -66,7 +66,7 @@ def plot_aspects(metrics: Mapping[str, float], path: Path, title: str) -> Path |
     values = aspect_values(metrics)
     if not values:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(values) + 1.2))
     names = list(values)
     ax.barh(names, [values[n] for n in names], color="#4c72b0")
@@ -80,7 +80,7 @@ def plot_aspects(metrics: Mapping[str, float], path: Path, title: str) -> Path |
     return path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

@@ -142,6 +142,28 @@ def validate_command(
         raise SystemExit(1)
 
 
+@bench_group.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", default=None, type=click.Path(),
+              help="Write compare.md, compare.json and compare.png into this folder.")  # fmt: skip
+@json_option
+def compare_command(run_dirs: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
+    """Put the metrics of several RUN_DIRS side by side, with how their manifests differ.
+
+    The first run is the baseline: every other value shows its difference to it.
+    """
+    from cir.bench.compare import compare_runs
+
+    comparison = compare_runs(run_dirs)
+    files = comparison.write(out_dir) if out_dir else []
+    if as_json:
+        click.echo(json.dumps(comparison.to_dict(), default=str))
+        return
+    click.echo(comparison.markdown())
+    for path in files:
+        click.echo(f"wrote {path}")
+
+
 def _metrics_table(metrics: dict[str, float]) -> str:
     from cir.bench.report import format_value
 

@@ -246,3 +246,34 @@ def test_allow_missing_runs_on_the_images_present_and_says_so(fixtures_root, tin
 
 def _ids(paths: set[Path], parts) -> set[str]:
     return {gid for p in parts.values() for gid, path in p.gallery.items() if path in paths}
+
+
+def test_compare_two_runs_shows_metrics_and_what_differs(workspace, tiny_clip, tmp_path):
+    runs = []
+    for alpha in ("0.2", "0.8"):
+        out = tmp_path / f"alpha{alpha}"
+        run_benchmark(
+            "cirr", "val", data_root=workspace / "cirr", pipeline="clip_fusion",
+            encoder=tiny_clip, out_dir=out, cache_dir=workspace / "cache",
+            overrides=[f"stages.fuse.alpha={alpha}"], progress=False,
+        )  # fmt: skip
+        runs.append(str(out))
+    res = CliRunner().invoke(cli, ["bench", "compare", *runs, "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert "| metric | alpha0.2 | alpha0.8 |" in res.output
+    assert "`pipeline.stages.fuse.params.alpha`" in res.output
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert data["differences"]["pipeline.stages.fuse.params.alpha"] == [0.2, 0.8]
+    assert data["differences"]["overrides"] == [
+        ["stages.fuse.alpha=0.2"],
+        ["stages.fuse.alpha=0.8"],
+    ]
+    first = json.loads((tmp_path / "alpha0.2" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "alpha0.8" / "metrics.json").read_text())
+    assert data["metrics"]["Recall@1"] == {"alpha0.2": first["Recall@1"],
+                                           "alpha0.8": second["Recall@1"]}  # fmt: skip
+    assert data["delta_to_first"]["Recall@50"]["alpha0.8"] == pytest.approx(
+        second["Recall@50"] - first["Recall@50"], abs=1e-4
+    )
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![metrics](compare.png)" in (tmp_path / "cmp" / "compare.md").read_text()
