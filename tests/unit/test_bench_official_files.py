@@ -33,3 +33,18 @@ def test_text_rules_on_known_entries(benchmarks_root: Path) -> None:
     assert plain.text == "shows two people and has a more colorful background"
     concept = CIRCO(benchmarks_root / "circo", text_rule="concept_caption").queries("val")[0]
     assert concept.text.startswith("a girl with a traditional Chinese umbrella that shows")
+
+
+def test_pinned_hashes_of_the_download_sources_match_the_official_files(benchmarks_root):
+    from cir.bench.download import shipped_sources
+    from cir.bench.manifest import file_sha256
+
+    checked = 0
+    for dataset, by_name in shipped_sources().items():
+        for source in by_name.values():
+            for item in source.items:
+                path = benchmarks_root / dataset / (item.to or "")
+                if item.sha256 and item.to and path.is_file():
+                    assert file_sha256(path) == item.sha256, (source.name, item.to)
+                    checked += 1
+    assert checked >= 12  # CIRCO 2, CIRR 4 (twice: official and hub), GeneCIS 2
