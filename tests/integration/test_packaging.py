@@ -35,7 +35,8 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
         "print(sorted(x.name for x in paths.shipped_dir('prompts').iterdir()));"
         "print((paths.shipped_dir('demos') / 'app.py').is_file());"
         "import importlib.resources as r;"
-        "print(r.files('cir').joinpath('data/basic/objects.txt').is_file())"
+        "print(r.files('cir').joinpath('data/basic/objects.txt').is_file());"
+        "print(r.files('cir').joinpath('bench/download/sources.yaml').is_file())"
     )
     env = dict(os.environ, PYTHONPATH=str(wheel_site))
     out = subprocess.run(
@@ -47,4 +48,5 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
     assert lines[0] == str(shipped)
     assert "clip_fusion" in lines[1]
     assert lines[2] == str(sorted(p.name for p in (REPO / "prompts").iterdir()))
-    assert lines[3:] == ["True", "True"]  # the demo app and BASIC's corpora are in the wheel
+    # the demo app, BASIC's corpora and the download sources are in the wheel
+    assert lines[3:] == ["True", "True", "True"]

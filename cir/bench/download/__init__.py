@@ -198,12 +198,13 @@ def _place_members(item: Item, root: Path, fetcher, record, report, keep: bool) 
         raise DataError(f"{item.label} does not contain {lost}; choose another --source")
     for dest in wanted.values():
         _remember(dest, item, record, report)
-    _drop_archive(archive, item, keep)
+    _drop_archive(archive, keep)
 
 
-def _drop_archive(archive: Path, item: Item, keep: bool) -> None:
-    """Delete a downloaded archive after use (cir wrote it) unless asked to keep it."""
-    if not keep and item.url is not None:
+def _drop_archive(archive: Path, keep: bool) -> None:
+    """Delete a downloaded archive after use (cir fetched it into its staging folder) unless
+    asked to keep it."""
+    if not keep:
         archive.unlink(missing_ok=True)
 
 
@@ -223,7 +224,7 @@ def _place_images(src: Source, root, fetcher: Fetcher, report, images_from, keep
             todo = _without(todo, place_from_archive(archive, todo, src.dataset,
                                                      fetcher.progress), report)  # fmt: skip
             reasons |= {n: f"not in {item.file_name}" for n in todo}
-            _drop_archive(archive, item, keep)
+            _drop_archive(archive, keep)
         elif item.kind == "image_urls":
             urls = read_url_list(fetcher.fetch(item))
             get = _image_getter(fetcher)
