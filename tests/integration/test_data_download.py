@@ -248,3 +248,11 @@ def test_a_foreign_file_is_never_overwritten(fixtures_root, tmp_path) -> None:
         _fetch(mirror, server, to)
     assert "does not overwrite" in str(err.value)
     assert mine.read_text() == "[]  my own notes"
+
+
+def test_a_malformed_genecis_file_is_a_clear_error(tmp_path: Path) -> None:
+    from cir.bench.download.images import needed_images
+
+    (tmp_path / "change_object.json").write_text('[{"reference": {"image_id": 3}}]')
+    with pytest.raises(DataError, match="not a GeneCIS object-task file"):
+        needed_images("genecis", tmp_path)

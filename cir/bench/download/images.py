@@ -57,10 +57,16 @@ def _genecis_images(root: Path) -> dict[str, Path]:
         path = root / f"{task}.json"
         if not path.is_file():
             continue
-        for template in json.loads(path.read_text(encoding="utf-8")):
-            for entry in [template["reference"], template["target"], *template["gallery"]]:
-                name = f"{int(entry['val_image_id']):012d}"
-                found[name] = root / "val2017" / f"{name}.jpg"
+        try:
+            for template in json.loads(path.read_text(encoding="utf-8")):
+                for entry in [template["reference"], template["target"], *template["gallery"]]:
+                    name = f"{int(entry['val_image_id']):012d}"
+                    found[name] = root / "val2017" / f"{name}.jpg"
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(
+                f"{path} is not a GeneCIS object-task file: every template needs reference, "
+                f"target and gallery entries with an integer val_image_id ({exc!r})"
+            ) from None
     return found
 
 
