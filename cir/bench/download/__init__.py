@@ -221,8 +221,9 @@ def _place_images(src: Source, root, fetcher: Fetcher, report, images_from, keep
             break
         if item.kind == "image_archive":
             archive = fetcher.fetch(item)
-            todo = _without(todo, place_from_archive(archive, todo, src.dataset,
-                                                     fetcher.progress), report)  # fmt: skip
+            placed = place_from_archive(archive, todo, src.dataset, fetcher.progress,
+                                        item.file_name)  # fmt: skip
+            todo = _without(todo, placed, report)
             reasons |= {n: f"not in {item.file_name}" for n in todo}
             _drop_archive(archive, keep)
         elif item.kind == "image_urls":
@@ -239,7 +240,7 @@ def _place_images(src: Source, root, fetcher: Fetcher, report, images_from, keep
 def _image_getter(fetcher: Fetcher):
     def get(url: str, dest: Path) -> Path:
         try:
-            return fetcher.http(url, dest, retries=1)
+            return fetcher.http(url, dest, retries=1, bar=False)
         except NotFound as exc:
             raise DataError(str(exc)) from None
 

@@ -71,8 +71,9 @@ class Fetcher:
         query = f"?{parts.query}" if parts.query else ""
         return f"{self.mirror.rstrip('/')}/{parts.netloc}{parts.path}{query}"
 
-    def http(self, url: str, dest: Path, retries: int | None = None) -> Path:
-        """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions."""
+    def http(self, url: str, dest: Path, retries: int | None = None, bar: bool = True) -> Path:
+        """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions
+        (``bar=False``: no byte progress bar, for the many small files of an image list)."""
         if dest.is_file():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +81,7 @@ class Fetcher:
         tries = self.retries if retries is None else retries
         for attempt in range(tries + 1):
             try:
-                self._transfer(self.resolve(url), part, url)
+                self._transfer(self.resolve(url), part, url, bar)
                 break
             except urllib.error.HTTPError as exc:
                 if exc.code == 416 and part.is_file():  # nothing left to send: already whole
@@ -101,7 +102,7 @@ class Fetcher:
         os.replace(part, dest)
         return dest
 
-    def _transfer(self, url: str, part: Path, label: str) -> None:
+    def _transfer(self, url: str, part: Path, label: str, bar: bool) -> None:
         start = part.stat().st_size if part.is_file() else 0
         headers = {"User-Agent": f"cir/{__version__}"}
         if start:
@@ -112,14 +113,15 @@ class Fetcher:
                 start = 0  # the server ignored the range: start again
             length = response.headers.get("Content-Length")
             total = start + int(length) if length and length.isdigit() else None
+            name = Path(urlsplit(label).path).name
             with (
                 part.open("ab" if start else "wb") as out,
                 tqdm(total=total, initial=start, unit="B", unit_scale=True, leave=False,
-                     desc=Path(urlsplit(label).path).name, disable=not self.progress) as bar,
+                     desc=name, disable=not (self.progress and bar)) as shown,
             ):  # fmt: skip
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
-                    bar.update(len(chunk))
+                    shown.update(len(chunk))
         if total is not None and part.stat().st_size < total:
             raise http.client.IncompleteRead(b"", total - part.stat().st_size)
 

@@ -109,11 +109,12 @@ def write_image(stream: IO[bytes], dest: Path, limit: int = MAX_IMAGE_BYTES) -> 
 
 
 def place_from_archive(archive: Path, todo: dict[str, Path], dataset: str,
-                       progress: bool = True) -> set[str]:  # fmt: skip
+                       progress: bool = True, label: str = "") -> set[str]:  # fmt: skip
     """Extract the ``todo`` images found (by file stem) in a zip or tar archive; returns the
     names placed. Members are streamed, so a tar.gz is read once from start to end."""
     placed: set[str] = set()
-    with tqdm(total=len(todo), unit="img", desc=archive.name, disable=not progress) as bar:
+    desc = label or archive.name
+    with tqdm(total=len(todo), unit="img", desc=desc, disable=not progress) as bar:
         for name, open_member in _members(archive):
             stem = Path(name).stem
             if stem in todo and stem not in placed:
