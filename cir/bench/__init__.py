@@ -2,7 +2,9 @@
 
 Modules: ``datasets`` (readers), ``metrics``, ``submission`` (writers and validator),
 ``evaluate`` (score prediction files), ``runner`` (``cir bench run``), ``gallery`` (cached
-benchmark indexes), ``manifest``, ``report``, ``placeholders`` (miniature splits for tests).
+benchmark indexes), ``manifest``, ``report``, ``missing`` (runs on incomplete image folders),
+``compare`` (``cir bench compare``), ``download`` (``cir data download``), ``placeholders``
+(miniature splits for tests).
 """
 
 #: The benchmark names the readers, the CLI and the docs use.

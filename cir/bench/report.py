@@ -40,7 +40,7 @@ def plot_recall(metrics: Mapping[str, float], path: Path, title: str) -> Path | 
     series = recall_series(metrics)
     if not series:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in series.items():
         ks, values = zip(*points, strict=True)
@@ -66,7 +66,7 @@ def plot_aspects(metrics: Mapping[str, float], path: Path, title: str) -> Path |
     values = aspect_values(metrics)
     if not values:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(values) + 1.2))
     names = list(values)
     ax.barh(names, [values[n] for n in names], color="#4c72b0")
@@ -80,7 +80,7 @@ def plot_aspects(metrics: Mapping[str, float], path: Path, title: str) -> Path |
     return path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,6 +107,38 @@ def _deviation_lines(manifest: Mapping[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def format_value(value: Any) -> str:
+    """Metrics with two decimals; counts (``missing/...``) as integers."""
+    return str(value) if isinstance(value, int) else f"{value:.2f}"
+
+
+def missing_lines(missing: Mapping[str, Any] | None) -> list[str]:
+    """The report's warning for a run on an incomplete image folder (``--allow-missing``)."""
+    if not missing:
+        return []
+    if missing["complete"]:
+        return ["Run with `--allow-missing`: no image was missing.", ""]
+    lines = [
+        "## Missing images",
+        "",
+        f"**Incomplete data: these numbers are not comparable with full-benchmark results.** "
+        f"{missing['gallery_images']} of {missing['gallery_total']} gallery images were absent; "
+        f"{missing['queries_dropped']} of {missing['queries_total']} queries were dropped "
+        "(reference or target absent).",
+        "",
+    ]
+    if missing.get("ground_truths_missing"):
+        lines += [f"{missing['ground_truths_missing']} further ground truths were absent.", ""]
+    if len(missing.get("by_part", {})) > 1:
+        rows = [
+            [name, f"{c['gallery_images']} / {c['gallery_total']}",
+             f"{c['queries_dropped']} / {c['queries_total']}"]
+            for name, c in missing["by_part"].items()
+        ]  # fmt: skip
+        lines += [markdown_table(["part", "images missing", "queries dropped"], rows), ""]
+    return lines
+
+
 def write_report(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
     """Write ``report.md`` (and its plots) for a run into ``run_dir``; returns the report path."""
     run_dir = Path(run_dir)
@@ -122,11 +154,11 @@ def write_report(run_dir: str | Path, manifest: Mapping[str, Any]) -> Path:
         "",
     ]
     lines += _deviation_lines(manifest)
+    lines += missing_lines(manifest.get("missing"))
     if metrics:
         lines += ["## Metrics", ""]
-        lines += [
-            markdown_table(["metric", "value (%)"], [[k, f"{v:.2f}"] for k, v in metrics.items()])
-        ]
+        rows = [[k, format_value(v)] for k, v in metrics.items()]
+        lines += [markdown_table(["metric", "value (%)"], rows)]
         lines.append("")
         for name, plot in (
             ("recall_at_k.png", plot_recall(metrics, run_dir / "recall_at_k.png", title)),

@@ -32,6 +32,7 @@ from cir.bench.evaluate import score
 from cir.bench.gallery import gallery_index
 from cir.bench.manifest import StageTotals, build_manifest, write_manifest
 from cir.bench.metrics import subset_ranking
+from cir.bench.missing import drop_missing_images, missing_metric_entries
 from cir.bench.report import write_report
 from cir.bench.submission import write_submission
 from cir.errors import ConfigError, DataError
@@ -86,6 +87,7 @@ def run_benchmark(
     progress: bool = True,
     resources: Resources | None = None,
     keep_models: bool = False,
+    allow_missing: bool = False,
 ) -> BenchResult:
     """Run ``pipeline`` on a benchmark split and write predictions, metrics, manifest, report.
 
@@ -105,6 +107,8 @@ def run_benchmark(
         resources: the model cache (its load/release events go into the manifest).
         keep_models: keep every model loaded after the run (several runs in one process);
             by default each is released after the last stage that uses it.
+        allow_missing: run on the images present (see ``cir.bench.missing``) instead of
+            refusing when one is absent; the counts go into metrics, manifest and report.
     """
     ds = get_dataset(
         dataset, data_root, image_root=image_root, text_rule=text_rule,
@@ -112,7 +116,11 @@ def run_benchmark(
     )  # fmt: skip
     started = time.perf_counter()
     parts = _limit(ds.parts(split), limit)
-    _check_images(ds, split)
+    missing = None
+    if allow_missing:  # absent images and the queries needing them are dropped and counted
+        parts, missing = drop_missing_images(parts)
+    else:
+        _check_images(ds, split)
     pipe, presets, spec = _load(pipeline, overrides, preset, ds, parts, encoder)
     cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
     cache = None if no_cache else _content_cache(cache_root)
@@ -146,7 +154,8 @@ def run_benchmark(
         "image_root": str(ds.image_root),
         "text_rule": ds.text_rule,
         "protocol": vars(ds.protocol),
-        "complete": limit is None,
+        "complete": limit is None and (missing is None or missing.queries_dropped == 0),
+        "missing": missing.to_dict() if missing is not None else None,
         "presets": list(presets),
         "overrides": list(overrides),
         "deviations": [d.to_dict() for d in pipe.active_deviations()],
@@ -192,6 +201,7 @@ def _write_outputs(ds, split, parts, pipe, outcome: _Outcome, out: Path, run_inf
     metrics = {}
     if split == "val":
         metrics = score(ds.name, queries, outcome.rankings, outcome.subsets or None)
+        metrics |= missing_metric_entries(run_info.get("missing"))
         files.append(_write_json(out / "metrics.json", metrics))
     run_info |= {
         "queries": len(queries),

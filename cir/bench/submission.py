@@ -316,7 +316,8 @@ def write_submission(
 ) -> list[Path]:
     """Validate, then write the official submission file(s); returns their paths.
 
-    ``require_all=False`` writes the rankings of a partial run (not a valid submission).
+    ``require_all=False`` writes the rankings of a partial run (not a valid submission): queries
+    may be absent and rankings shorter than the official length (a gallery with missing images).
 
     Raises:
         DataError: listing what is wrong; nothing is written when any file is invalid.
@@ -336,7 +337,9 @@ def write_submission(
         files.append((out_dir / f"{dataset}_{split}_submission.json", obj))
     encoded = []
     for path, obj in files:
-        kind, problems = check_submission(dataset, obj, queries, gallery, require_all=require_all)
+        kind, problems = check_submission(
+            dataset, obj, queries, gallery, exact=require_all, require_all=require_all
+        )
         report = ValidationReport(kind, len(queries), problems, str(path))
         text = json.dumps(obj)
         if dataset == "cirr" and len(text.encode()) > CIRR_MAX_BYTES:

@@ -40,6 +40,12 @@ def bench_group() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N queries.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the content cache.")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Run on the images present: drop queries whose reference or target is absent and "
+    "report how many queries and gallery images were missing.",
+)
 @overrides_option
 @preset_option
 @device_option
@@ -50,6 +56,14 @@ def run_command(dataset: str, split: str, as_json: bool, **options) -> None:
 
     options["categories"] = options["categories"] or None
     result = run_benchmark(dataset.lower(), split, progress=not as_json, **options)
+    missing = result.manifest.get("missing")
+    if missing and not missing["complete"]:
+        click.echo(
+            f"warning: incomplete data: {missing['gallery_images']} of "
+            f"{missing['gallery_total']} gallery images missing, {missing['queries_dropped']} "
+            f"of {missing['queries_total']} queries dropped; the numbers are labelled as such",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(result.flat()))
         return
@@ -128,8 +142,32 @@ def validate_command(
         raise SystemExit(1)
 
 
+@bench_group.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "out_dir", default=None, type=click.Path(),
+              help="Write compare.md, compare.json and compare.png into this folder.")  # fmt: skip
+@json_option
+def compare_command(run_dirs: tuple[str, ...], out_dir: str | None, as_json: bool) -> None:
+    """Put the metrics of several RUN_DIRS side by side, with how their manifests differ.
+
+    The first run is the baseline: every other value shows its difference to it.
+    """
+    from cir.bench.compare import compare_runs
+
+    comparison = compare_runs(run_dirs)
+    files = comparison.write(out_dir) if out_dir else []
+    if as_json:
+        click.echo(json.dumps(comparison.to_dict(), default=str))
+        return
+    click.echo(comparison.markdown())
+    for path in files:
+        click.echo(f"wrote {path}")
+
+
 def _metrics_table(metrics: dict[str, float]) -> str:
-    return format_table(["metric", "value"], [[k, f"{v:.2f}"] for k, v in metrics.items()])
+    from cir.bench.report import format_value
+
+    return format_table(["metric", "value"], [[k, format_value(v)] for k, v in metrics.items()])
 
 
 COMMANDS = [bench_group]

@@ -45,9 +45,9 @@ class WatchedResources(Resources):
 
 
 @pytest.fixture(scope="module")
-def circo(benchmarks_root: Path, tmp_path_factory) -> Path:
+def circo(fixtures_root: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("engine")
-    return make_miniature("circo", benchmarks_root / "circo", root / "circo", 6, 50, ("val",))
+    return make_miniature("circo", fixtures_root / "circo", root / "circo", 6, 50, ("val",))
 
 
 def _language(tiny_models: dict) -> dict:

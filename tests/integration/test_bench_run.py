@@ -1,5 +1,6 @@
-"""``cir bench run`` end to end on miniature splits: real annotation entries, generated images,
-a tiny open_clip model loaded through the real code, the real index, cache and pipeline."""
+"""``cir bench run`` end to end on miniature splits: annotation entries in the official formats
+(the committed fixtures), generated images, a tiny open_clip model loaded through the real
+code, the real index, cache and pipeline."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cir.bench.datasets import CIRR
+from cir.bench.datasets import CIRR, FashionIQ
 from cir.bench.evaluate import evaluate_files
 from cir.bench.manifest import file_sha256
 from cir.bench.placeholders import make_miniature
@@ -19,11 +20,11 @@ from cir.cli import cli
 
 
 @pytest.fixture(scope="module")
-def workspace(benchmarks_root: Path, tmp_path_factory) -> Path:
+def workspace(fixtures_root: Path, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("bench")
     for name in ("circo", "cirr", "fashioniq"):
         # 50 distractors: every gallery is large enough for top-50 submissions
-        make_miniature(name, benchmarks_root / name, root / name, n_queries=3, distractors=50)
+        make_miniature(name, fixtures_root / name, root / name, n_queries=3, distractors=50)
     return root
 
 
@@ -187,3 +188,91 @@ def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace
     assert first["pipeline"]["stages"][-1]["params"]["exclude_reference"] is False
     details = (workspace / "cirevl1" / "queries.jsonl").read_text().splitlines()
     assert json.loads(details[0])["targets"] == ["a red thing"]
+
+
+def test_allow_missing_runs_on_the_images_present_and_says_so(fixtures_root, tiny_clip, tmp_path):
+    root = make_miniature("fashioniq", fixtures_root / "fashioniq", tmp_path / "fiq", n_queries=3,
+                          distractors=50, splits=("val",))  # fmt: skip
+    ds = FashionIQ(root)
+    parts = {p.name: p for p in ds.parts("val")}
+    dress = parts["dress"].queries
+    gone = {
+        parts["dress"].gallery[dress[0].reference_id],  # drops dress/0
+        parts["dress"].gallery[dress[1].extras["target_id"]],  # drops dress/1 (if not the same)
+    }
+    used = {i for q in dress for i in (q.reference_id, q.extras["target_id"])}
+    spare = next(p for gid, p in parts["shirt"].gallery.items()
+                 if gid not in {i for q in parts["shirt"].queries
+                                for i in (q.reference_id, q.extras["target_id"])})  # fmt: skip
+    gone.add(spare)  # a distractor only: no query dropped for it
+    for path in gone:
+        path.unlink()
+    dropped = sum(1 for q in dress if {q.reference_id, q.extras["target_id"]} & _ids(gone, parts))
+    assert used and dropped >= 1
+
+    base = ["bench", "run", "fashioniq", "--data-root", str(root), "--pipeline", "clip_fusion",
+            "--encoder", tiny_clip, "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    refused = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "no")])
+    assert refused.exit_code == 1 and "is missing" in refused.output
+
+    res = CliRunner().invoke(cli, [*base, "--out", str(tmp_path / "run"), "--allow-missing"])
+    assert res.exit_code == 0, res.output
+    assert "warning: incomplete data: 3 of" in res.stderr
+    out = tmp_path / "run"
+    metrics = json.loads((out / "metrics.json").read_text())
+    total = sum(len(p.gallery) for p in parts.values())
+    assert metrics["missing/gallery_images"] == 3 and metrics["missing/gallery_total"] == total
+    assert metrics["missing/queries_dropped"] == dropped
+    assert metrics["missing/queries_total"] == 9
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["queries"] == 9 - dropped
+    assert manifest["missing"]["by_part"]["shirt"] == {
+        "gallery_images": 1, "gallery_total": len(parts["shirt"].gallery),
+        "queries_dropped": 0, "queries_total": 3,
+    }  # fmt: skip
+    assert sorted(manifest["missing"]["examples"]) == sorted(str(p) for p in gone)
+    assert manifest["indexes"]["dress"]["images"] == len(parts["dress"].gallery) - 2
+    report = (out / "report.md").read_text()
+    assert "## Missing images" in report and "not comparable" in report
+    assert f"{dropped} of 9 queries were dropped" in report
+    lines = (out / "queries.jsonl").read_text().splitlines()
+    kept = {json.loads(line)["id"] for line in lines}
+    assert len(kept) == 9 - dropped and "dress/0" not in kept
+    predictions = json.loads((out / "fashioniq_val_submission.json").read_text())
+    assert set(predictions) == kept
+    assert not any(str(p.stem) in r for r in predictions.values() for p in gone)
+
+
+def _ids(paths: set[Path], parts) -> set[str]:
+    return {gid for p in parts.values() for gid, path in p.gallery.items() if path in paths}
+
+
+def test_compare_two_runs_shows_metrics_and_what_differs(workspace, tiny_clip, tmp_path):
+    runs = []
+    for alpha in ("0.2", "0.8"):
+        out = tmp_path / f"alpha{alpha}"
+        run_benchmark(
+            "cirr", "val", data_root=workspace / "cirr", pipeline="clip_fusion",
+            encoder=tiny_clip, out_dir=out, cache_dir=workspace / "cache",
+            overrides=[f"stages.fuse.alpha={alpha}"], progress=False,
+        )  # fmt: skip
+        runs.append(str(out))
+    res = CliRunner().invoke(cli, ["bench", "compare", *runs, "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert "| metric | alpha0.2 | alpha0.8 |" in res.output
+    assert "`pipeline.stages.fuse.params.alpha`" in res.output
+    data = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert data["differences"]["pipeline.stages.fuse.params.alpha"] == [0.2, 0.8]
+    assert data["differences"]["overrides"] == [
+        ["stages.fuse.alpha=0.2"],
+        ["stages.fuse.alpha=0.8"],
+    ]
+    first = json.loads((tmp_path / "alpha0.2" / "metrics.json").read_text())
+    second = json.loads((tmp_path / "alpha0.8" / "metrics.json").read_text())
+    assert data["metrics"]["Recall@1"] == {"alpha0.2": first["Recall@1"],
+                                           "alpha0.8": second["Recall@1"]}  # fmt: skip
+    assert data["delta_to_first"]["Recall@50"]["alpha0.8"] == pytest.approx(
+        second["Recall@50"] - first["Recall@50"], abs=1e-4
+    )
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![metrics](compare.png)" in (tmp_path / "cmp" / "compare.md").read_text()

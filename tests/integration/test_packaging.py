@@ -43,7 +43,8 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
         "print((paths.shipped_dir('demos') / 'app.py').is_file());"
         "import importlib.resources as r;"
         "basic = r.files('cir').joinpath('data/basic');"
-        f"print(all(basic.joinpath(n).is_file() for n in {BASIC_FILES!r}))"
+        f"print(all(basic.joinpath(n).is_file() for n in {BASIC_FILES!r}));"
+        "print(r.files('cir').joinpath('bench/download/sources.yaml').is_file())"
     )
     env = dict(os.environ, PYTHONPATH=str(wheel_site))
     out = subprocess.run(
@@ -55,4 +56,5 @@ def test_installed_wheel_finds_shipped_pipelines_and_prompts(wheel_site: Path, t
     assert lines[0] == str(shipped)
     assert "clip_fusion" in lines[1]
     assert lines[2] == str(sorted(p.name for p in (REPO / "prompts").iterdir()))
-    assert lines[3:] == ["True", "True"]  # the demo app and BASIC's corpora are in the wheel
+    # the demo app, BASIC's corpora and the download sources are in the wheel
+    assert lines[3:] == ["True", "True", "True"]

@@ -1,4 +1,6 @@
-"""Benchmark readers against the official annotation files, with placeholder images."""
+"""Benchmark readers on annotation files in the official formats, with placeholder images.
+
+Each test runs on the committed fixtures and, where they are present, on the official files."""
 
 from __future__ import annotations
 
@@ -16,80 +18,92 @@ from cir.cli import cli
 from cir.errors import ConfigError, DataError
 
 
+def _load(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="module")
-def minis(benchmarks_root: Path, tmp_path_factory) -> dict[str, Path]:
+def minis(annotations: Path, tmp_path_factory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("mini")
     return {
-        name: make_miniature(name, benchmarks_root / name, out / name, n_queries=3)
+        name: make_miniature(name, annotations / name, out / name, n_queries=3)
         for name in ("circo", "cirr", "fashioniq")
     }
 
 
-def test_query_counts_and_ids_follow_the_official_files(benchmarks_root: Path) -> None:
-    circo = CIRCO(benchmarks_root / "circo")
-    assert [len(circo.queries(s)) for s in ("val", "test")] == [220, 800]
-    cirr = CIRR(benchmarks_root / "cirr")
-    val = cirr.queries("val")
-    assert len(val) == 4181 and len(cirr.queries("test")) == 4148
-    assert val[0].id == "12060" and val[0].reference_id == "dev-244-0-img0"
-    fiq = FashionIQ(benchmarks_root / "fashioniq")
+def test_query_counts_and_ids_follow_the_annotation_files(annotations: Path) -> None:
+    for split in ("val", "test"):
+        raw = _load(annotations / "circo" / "annotations" / f"{split}.json")
+        queries = CIRCO(annotations / "circo").queries(split)
+        assert [q.id for q in queries] == [str(r["id"]) for r in raw]
+    raw = _load(annotations / "cirr/captions/cap.rc2.val.json")
+    val = CIRR(annotations / "cirr").queries("val")
+    assert [(q.id, q.reference_id) for q in val] == [
+        (str(r["pairid"]), r["reference"]) for r in raw
+    ]
+    fiq = FashionIQ(annotations / "fashioniq")
     ids = [q.id for q in fiq.queries("val")]
-    assert len(ids) == 2017 + 2038 + 1961 and len(set(ids)) == len(ids)
-    assert ids[0] == "dress/0" and ids[2017] == "shirt/0"
+    sizes = [
+        len(_load(annotations / f"fashioniq/captions/cap.{c}.val.json")) for c in fiq.categories
+    ]
+    assert len(ids) == sum(sizes) and len(set(ids)) == len(ids)
+    assert ids[0] == "dress/0" and ids[sizes[0]] == "shirt/0"
 
 
-def test_extras_carry_what_the_protocols_need(benchmarks_root: Path) -> None:
-    q = CIRCO(benchmarks_root / "circo").queries("val")[0]
-    raw = json.loads((benchmarks_root / "circo/annotations/val.json").read_text())[0]
+def test_extras_carry_what_the_protocols_need(annotations: Path) -> None:
+    raw = _load(annotations / "circo/annotations/val.json")[0]
+    q = CIRCO(annotations / "circo").queries("val")[0]
     assert q.extras["gt_ids"] == [str(i) for i in raw["gt_img_ids"]]
     assert q.extras["target_id"] == str(raw["target_img_id"]) == q.extras["gt_ids"][0]
     assert q.extras["shared_concept"] == raw["shared_concept"]
-    assert "cardinality" in q.extras["semantic_aspects"]
-    test_q = CIRCO(benchmarks_root / "circo").queries("test")[0]
+    assert q.extras["semantic_aspects"] == raw["semantic_aspects"]
+    test_q = CIRCO(annotations / "circo").queries("test")[0]
     assert "target_id" not in test_q.extras and "gt_ids" not in test_q.extras
 
-    r = CIRR(benchmarks_root / "cirr").queries("val")[1]
+    raw = _load(annotations / "cirr/captions/cap.rc2.val.json")[1]
+    r = CIRR(annotations / "cirr").queries("val")[1]
     assert len(r.extras["group_members"]) == 6 and r.reference_id in r.extras["group_members"]
-    assert r.extras["target_id"] == "dev-430-3-img0"
+    assert r.extras["target_id"] == raw["target_hard"]
+    assert "target_id" not in CIRR(annotations / "cirr").queries("test")[0].extras
 
-    f = FashionIQ(benchmarks_root / "fashioniq").queries("val")[0]
-    assert f.reference_id == "B005X4PL1G"  # the candidate is the reference
+    raw = _load(annotations / "fashioniq/captions/cap.dress.val.json")[0]
+    f = FashionIQ(annotations / "fashioniq").queries("val")[0]
+    assert f.reference_id == raw["candidate"]  # the candidate is the reference
     assert f.extras == {
         "category": "dress",
-        "captions": ["is shiny and silver with shorter sleeves", "fit and flare"],
-        "target_id": "B0084Y8XIU",
+        "captions": raw["captions"],
+        "target_id": raw["target"],
     }
 
 
-def test_fashioniq_text_rules(benchmarks_root: Path) -> None:
+def test_fashioniq_text_rules(fixtures_root: Path) -> None:
     assert join_captions(["Is red. ", " has long sleeves?"]) == "Is red and has long sleeves"
     assert join_captions(["is red", "short"], capitalize=True) == "Is red and short"
-    root = benchmarks_root / "fashioniq"
-    test_q = FashionIQ(root, categories=["dress"]).queries("test")[0]  # " yello and more flowing"
-    assert test_q.text == "yello and more flowing and short and black"
+    root = (
+        fixtures_root / "fashioniq"
+    )  # first dress query: [" is red. and shorter ", "has no sleeves?"]
+    join = FashionIQ(root, categories=["dress"]).queries("val")[0]
+    assert join.text == "is red. and shorter and has no sleeves"
     first = FashionIQ(root, categories=["dress"], text_rule="first").queries("val")[0]
-    assert first.text == "is shiny and silver with shorter sleeves"
+    assert first.text == "is red. and shorter"
     cap = FashionIQ(root, categories=["dress"], text_rule="join_capitalized").queries("val")[0]
-    assert cap.text == "Is shiny and silver with shorter sleeves and fit and flare"
+    assert cap.text == "Is red. and shorter and has no sleeves"
 
 
-def test_circo_text_rules(benchmarks_root: Path) -> None:
-    plain = CIRCO(benchmarks_root / "circo").queries("val")[0]
-    assert plain.text == "shows two people and has a more colorful background"
-    concept = CIRCO(benchmarks_root / "circo", text_rule="concept_caption").queries("val")[0]
-    assert concept.text == (
-        "a girl with a traditional Chinese umbrella that shows two people and has a more "
-        "colorful background"
-    )
+def test_circo_text_rules(fixtures_root: Path) -> None:
+    plain = CIRCO(fixtures_root / "circo").queries("val")[0]
+    assert plain.text == "has two of them and a blue sky"
+    concept = CIRCO(fixtures_root / "circo", text_rule="concept_caption").queries("val")[0]
+    assert concept.text == "a kite over a beach that has two of them and a blue sky"
 
 
-def test_bad_options_raise_clear_errors(benchmarks_root: Path, tmp_path: Path) -> None:
+def test_bad_options_raise_clear_errors(fixtures_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="valid rules: join"):
-        FashionIQ(benchmarks_root / "fashioniq", text_rule="concat")
+        FashionIQ(fixtures_root / "fashioniq", text_rule="concat")
     with pytest.raises(ConfigError, match="valid: dress, shirt, toptee"):
-        FashionIQ(benchmarks_root / "fashioniq", categories=["shoes"])
+        FashionIQ(fixtures_root / "fashioniq", categories=["shoes"])
     with pytest.raises(ConfigError, match="valid splits: val, test"):
-        CIRR(benchmarks_root / "cirr").queries("train")
+        CIRR(fixtures_root / "cirr").queries("train")
     with pytest.raises(ConfigError, match="valid: circo, cirr, fashioniq"):
         get_dataset("coco", tmp_path)
     with pytest.raises(DataError, match=r"(?s)cap\.rc2\.val\.json.*cir data check"):
@@ -107,7 +121,8 @@ def test_protocols() -> None:
 def test_galleries_resolve_official_image_paths(minis: dict[str, Path], tmp_path: Path) -> None:
     cirr = CIRR(minis["cirr"], image_root=tmp_path)
     gallery = cirr.parts("val")[0].gallery
-    assert gallery["dev-244-0-img0"] == tmp_path / "dev" / "dev-244-0-img0.png"
+    name, rel = next(iter(_load(minis["cirr"] / "image_splits/split.rc2.val.json").items()))
+    assert gallery[name] == tmp_path / rel
     [part] = CIRCO(minis["circo"]).parts("val")
     ref = part.queries[0].reference_id
     assert part.gallery[ref].name == f"{int(ref):012d}.jpg"
@@ -152,17 +167,18 @@ def test_first_missing_reports_annotations_then_images(minis: dict[str, Path]) -
         moved.rename(caption_file)
 
 
-def test_data_check_command(minis: dict[str, Path], benchmarks_root: Path) -> None:
+def test_data_check_command(minis: dict[str, Path], annotations: Path) -> None:
     runner = CliRunner()
     ok = runner.invoke(cli, ["data", "check", "circo", "--data-root", str(minis["circo"])])
     assert ok.exit_code == 0, ok.output
     assert "image_info_unlabeled2017.json" in ok.output and "files present" in ok.output
-    # the real annotation files without images: the first gallery image is missing
+    # annotation files without images: the first gallery image of the split file is missing
     res = runner.invoke(
-        cli, ["data", "check", "cirr", "--data-root", str(benchmarks_root / "cirr"), "--json"]
+        cli, ["data", "check", "cirr", "--data-root", str(annotations / "cirr"), "--json"]
     )
     assert res.exit_code == 1
     report = json.loads(res.output)
     assert report["ok"] is False and report["first_missing_split"] == "val"
-    assert report["first_missing"] == str(benchmarks_root / "cirr" / "dev" / "dev-244-0-img0.png")
+    first = next(iter(_load(annotations / "cirr/image_splits/split.rc2.val.json").values()))
+    assert report["first_missing"] == str(annotations / "cirr" / first)
     assert report["checked"] == 3

@@ -1,4 +1,5 @@
-"""Submission writers validate before writing; the validator catches what servers reject."""
+"""Submission writers validate before writing; the validator catches what servers reject (on the
+committed fixtures and, where present, the official files)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from cir.errors import DataError
 
 
 @pytest.fixture(scope="module")
-def cirr_test(benchmarks_root: Path):
-    ds = CIRR(benchmarks_root / "cirr")
+def cirr_test(annotations: Path):
+    ds = CIRR(annotations / "cirr")
     queries, names = ds.queries("test"), ds.gallery_names("test")
     full, subset = {}, {}
     for i, q in enumerate(queries):
@@ -28,7 +29,7 @@ def cirr_test(benchmarks_root: Path):
     return queries, full, subset, set(names)
 
 
-def test_cirr_writer_makes_two_valid_files(cirr_test, benchmarks_root, tmp_path) -> None:
+def test_cirr_writer_makes_two_valid_files(cirr_test, annotations, tmp_path) -> None:
     queries, full, subset, _names = cirr_test
     paths = write_submission("cirr", "test", full, queries, tmp_path, subset_rankings=subset)
     assert [p.name for p in paths] == ["cirr_test_recall.json", "cirr_test_recall_subset.json"]
@@ -37,7 +38,7 @@ def test_cirr_writer_makes_two_valid_files(cirr_test, benchmarks_root, tmp_path)
     assert len(recall) == len(queries) + 2 and all(len(recall[q.id]) == 50 for q in queries)
     assert json.loads(paths[1].read_text())["metric"] == "recall_subset"
     for path in paths:
-        report = validate_file("cirr", "test", benchmarks_root / "cirr", path)
+        report = validate_file("cirr", "test", annotations / "cirr", path)
         assert report.ok and not report.warnings, report.summary()
         assert path.stat().st_size < 5 * 1024 * 1024
 
@@ -62,25 +63,30 @@ def test_cirr_writer_refuses_bad_rankings(cirr_test, tmp_path, break_it, message
     assert list(tmp_path.iterdir()) == []  # nothing written, not even the valid file
 
 
-def test_circo_writer_uses_integer_ids(benchmarks_root, tmp_path) -> None:
-    queries = CIRCO(benchmarks_root / "circo").queries("test")
-    rankings = {q.id: [str(100 + i) for i in range(60)] for q in queries}
+def test_circo_writer_uses_integer_ids(annotations, tmp_path) -> None:
+    queries = CIRCO(annotations / "circo").queries("test")
+    info = annotations / "circo/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json"
+    checked = info.is_file()  # the official copy has no COCO image list: ids cannot be checked
+    ids = [str(im["id"]) for im in json.loads(info.read_text())["images"]] if checked else []
+    ids = ids[:60] or [str(100 + i) for i in range(60)]
+    rankings = {q.id: ids for q in queries}
     [path] = write_submission("circo", "test", rankings, queries, tmp_path)
     data = json.loads(path.read_text())
-    assert set(data) == {str(i) for i in range(800)}
-    assert data["0"][:2] == [100, 101] and len(data["0"]) == 50
-    report = validate_file("circo", "test", benchmarks_root / "circo", path)
+    assert set(data) == {q.id for q in queries}
+    first = data[queries[0].id]
+    assert first[:2] == [int(ids[0]), int(ids[1])] and len(first) == 50
+    report = validate_file("circo", "test", annotations / "circo", path)
     assert report.ok
-    assert any("image ids not checked" in w for w in report.warnings)  # no COCO info file here
+    assert any("image ids not checked" in w for w in report.warnings) is not checked
 
 
-def test_fashioniq_writer_one_file_all_categories(benchmarks_root, tmp_path) -> None:
-    ds = FashionIQ(benchmarks_root / "fashioniq")
+def test_fashioniq_writer_one_file_all_categories(annotations, tmp_path) -> None:
+    ds = FashionIQ(annotations / "fashioniq")
     queries = ds.queries("test")
     galleries = {c: ds.gallery_names(c, "test") for c in ds.categories}
     rankings = {q.id: galleries[q.extras["category"]][:50] for q in queries}
     [path] = write_submission("fashioniq", "test", rankings, queries, tmp_path)
-    assert validate_file("fashioniq", "test", benchmarks_root / "fashioniq", path).ok
+    assert validate_file("fashioniq", "test", annotations / "fashioniq", path).ok
     with pytest.raises(DataError, match="not allowed here"):
         wrong = dict(rankings, **{"dress/0": galleries["shirt"][:50]})
         write_submission(
@@ -93,9 +99,9 @@ def test_fashioniq_writer_one_file_all_categories(benchmarks_root, tmp_path) -> 
         )
 
 
-def test_validator_catches_what_the_servers_reject(cirr_test, benchmarks_root, tmp_path) -> None:
+def test_validator_catches_what_the_servers_reject(cirr_test, annotations, tmp_path) -> None:
     queries, full, subset, _names = cirr_test
-    root = benchmarks_root / "cirr"
+    root = annotations / "cirr"
     first, second = queries[0].id, queries[1].id
     body = ",".join(f'"{k}": {json.dumps(v[:50])}' for k, v in full.items())
     dup = tmp_path / "dup.json"
@@ -119,7 +125,7 @@ def test_validator_catches_what_the_servers_reject(cirr_test, benchmarks_root, t
     assert "5 MB limit" in errors and "unknown query id" in errors
 
 
-def test_validate_command(cirr_test, benchmarks_root, tmp_path) -> None:
+def test_validate_command(cirr_test, annotations, tmp_path) -> None:
     queries, full, subset, _names = cirr_test
     paths = write_submission("cirr", "test", full, queries, tmp_path, subset_rankings=subset)
     args = [
@@ -128,7 +134,7 @@ def test_validate_command(cirr_test, benchmarks_root, tmp_path) -> None:
         "cirr",
         *map(str, paths),
         "--data-root",
-        str(benchmarks_root / "cirr"),
+        str(annotations / "cirr"),
     ]
     runner = CliRunner()
     res = runner.invoke(cli, [*args, "--json"])
