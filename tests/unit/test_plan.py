@@ -30,7 +30,8 @@ def published_configs() -> dict[str, dict]:
 
     vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16,
                   out_hidden_size=3584, patch_size=14, spatial_merge_size=2,
-                  temporal_patch_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31])  # fmt: skip
+                  temporal_patch_size=2, window_size=112,
+                  fullatt_block_indexes=[7, 15, 23, 31])  # fmt: skip
     blip2 = Blip2Config(
         vision_config=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39,
                            num_attention_heads=16, image_size=224, patch_size=14),
