@@ -259,39 +259,17 @@ class Pipeline:
         Returns:
             One ``QueryState`` per query, in order, with ranking and trace.
         """
-        group = RunGroup(list(queries), index)
+        options = {"batch_size": batch_size, "cache": cache, "resources": resources}
+        options |= {"device": device, "progress": progress, "on_stage": on_stage}
         return self.run_groups(
-            [group], batch_size, cache, resources, device, progress, on_stage, keep_models
+            [RunGroup(list(queries), index)], keep_models=keep_models, **options
         )[0]
 
-    def run_groups(
-        self,
-        groups: Sequence[RunGroup],
-        batch_size: int = 32,
-        cache: Any = None,
-        resources: Resources | None = None,
-        device: str | None = None,
-        progress: bool | None = None,
-        on_stage: OnStage | None = None,
-        keep_models: bool = False,
-        keep_artifacts: bool = True,
-        keep_embeddings: bool = True,
-    ) -> list[list[QueryState]]:
+    def run_groups(self, groups: Sequence[RunGroup], **options: Any) -> list[list[QueryState]]:
         """Run several query sets, each over its own index (FashionIQ's three categories),
-        stage by stage across all of them; see :func:`cir.execution.execute`."""
-        return execute(
-            self,
-            groups,
-            batch_size=batch_size,
-            cache=cache,
-            resources=resources,
-            device=device,
-            progress=progress,
-            on_stage=on_stage,
-            keep_models=keep_models,
-            keep_artifacts=keep_artifacts,
-            keep_embeddings=keep_embeddings,
-        )
+        stage by stage across all of them. ``options`` are those of :meth:`run` and
+        :func:`cir.execution.execute` (``keep_artifacts``, ``keep_embeddings``)."""
+        return execute(self, groups, **options)
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}: {' -> '.join(s.instance for s in self.stages)})"

@@ -138,8 +138,8 @@ def run_benchmark(
         outcome.indexes[part.name or ds.name] = info
         groups.append(RunGroup(part.queries, index))
     results = pipe.run_groups(
-        groups, batch_size, cache, resources, device, progress, keep_models=keep_models,
-        keep_artifacts=False, keep_embeddings=False,
+        groups, batch_size=batch_size, cache=cache, resources=resources, device=device,
+        progress=progress, keep_models=keep_models, keep_artifacts=False, keep_embeddings=False,
     )  # fmt: skip
     if not keep_models:
         _release_encoder(resources, spec, device)
