@@ -116,9 +116,7 @@ def load_generator(spec: dict[str, Any], resources: Resources | None = None) -> 
     """
     options = validate_generator_spec(spec)
     resources = resources or default_resources
-    return resources.get(
-        generator_key(spec), lambda: _load(options), close=lambda gen: gen.close()
-    )
+    return resources.get(generator_key(spec), lambda: _load(options), close=lambda gen: gen.close())
 
 
 def _load(spec: GeneratorSpec) -> ImageGenerator:
