@@ -46,7 +46,7 @@ def tiny_text_to_image(path: str | Path, seed: int = 0) -> str:
 
 
 def _components(path: Path, seed: int, in_channels: int) -> dict[str, Any]:
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     path.mkdir(parents=True, exist_ok=True)
@@ -85,8 +85,12 @@ def _components(path: Path, seed: int, in_channels: int) -> dict[str, Any]:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id or 0,
     )
-    scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        clip_sample=False,
     )
     return {
         "unet": unet.eval(),
