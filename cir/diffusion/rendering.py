@@ -4,8 +4,9 @@ Each :class:`Picture` is a prompt and, for editing, the image to edit. :func:`dr
 picture up in the content cache (the key names the pipeline, the prompt text, the input image's
 content and every setting, seed included), draws the misses in batches of ``batch_size`` (pictures
 to edit are batched with others of the same size), stores each finished batch as PNG, and returns
-the images in order. Every picture gets its own generator seeded with ``Rendering.seed``, so a
-picture comes out the same whether it is drawn alone or in a batch.
+the images in order. Every picture gets its own generator seeded with ``Rendering.seed``: the
+same picture comes back on every run, and drawn alone or in a batch it differs at most by the
+rounding of batched kernels (one level in 255 in ``benchmarks/imagine.py``).
 
 Example:
     >>> gen = load_generator({"model": "timbrooks/instruct-pix2pix"})

@@ -69,10 +69,12 @@ def test_seeded_pictures_repeat_across_loads_and_batches(generators, photos):
     again = load_generator({"model": generators["editor"]}, Resources())
     assert first is not again and first.can_edit and first.kind.endswith("InstructPix2PixPipeline")
     batched = draw(first, pictures, FAST, batch_size=4)
+    repeated = draw(again, pictures, FAST, batch_size=4)
     alone = draw(again, pictures, FAST, batch_size=1)
-    for a, b in zip(batched, alone, strict=True):
+    for a, b, c in zip(batched, repeated, alone, strict=True):
         assert a.image.size == (40, 32)
         assert np.array_equal(pixels(a.image), pixels(b.image))
+        assert np.abs(pixels(a.image) - pixels(c.image)).max() <= 2  # batched kernels' rounding
     reseeded = draw(first, pictures[:1], Rendering(steps=2, seed=1))[0]
     assert not np.array_equal(pixels(reseeded.image), pixels(batched[0].image))
     drawer = load_generator({"model": generators["drawer"]}, Resources())
