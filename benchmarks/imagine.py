@@ -40,9 +40,7 @@ def jobs(task: str, count: int, side: int) -> tuple[list[str], list]:
     if task == "text":
         return texts, [None] * count
     rng = np.random.default_rng(0)
-    photos = [
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in texts
-    ]
+    photos = [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in texts]
     return texts, photos
 
 
