@@ -131,7 +131,7 @@ def _identity(captioner: Any, drawer: Any, encoder: Any) -> dict[str, Any]:
 def _start(work: Path, identity: dict[str, Any], resume: bool) -> dict[str, tuple]:
     state = work / STATE
     if resume and state.is_file():
-        if json.loads(state.read_text()) != identity:
+        if _read_state(state) != identity:
             raise DataError(
                 f"{work} holds an unfinished twins build made with other settings (captioner, "
                 "generator, drawing settings or encoder); use the same ones, or --no-resume to "
@@ -145,13 +145,26 @@ def _start(work: Path, identity: dict[str, Any], resume: bool) -> dict[str, tupl
     return {}
 
 
+def _read_state(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is damaged ({exc}); run again with --no-resume") from None
+
+
 def _read_shards(work: Path) -> dict[str, tuple]:
     done: dict[str, tuple] = {}
     for meta_path in sorted(work.glob("shard-*.json")):
-        meta = json.loads(meta_path.read_text())
-        rows = load_tensors(meta_path.with_suffix(".safetensors").read_bytes())["twins"]
-        for n, gid in enumerate(meta["ids"]):
-            done[gid] = (meta["captions"][n], meta["keys"][n], rows[n])
+        try:
+            meta = json.loads(meta_path.read_text())
+            rows = load_tensors(meta_path.with_suffix(".safetensors").read_bytes())["twins"]
+            for n, gid in enumerate(meta["ids"]):
+                done[gid] = (meta["captions"][n], meta["keys"][n], rows[n])
+        except Exception as exc:  # json, safetensors and file errors: the shard is damaged
+            raise DataError(
+                f"{meta_path} is damaged ({type(exc).__name__}: {exc}); run again with "
+                "--no-resume to start the twins over"
+            ) from None
     return done
 
 

@@ -74,6 +74,8 @@ class FuseConfidence(Stage):
 
     def _confidences(self, state: QueryState, branch: str) -> dict[str, float | None]:
         data = state.data.get(branch)
+        if data is None:
+            return {}  # the verifier skipped the query (fewer than two candidates)
         if not isinstance(data, dict) or not isinstance(data.get("p_yes"), dict):
             raise DataError(
                 f"stage {self.instance!r}: query {state.query.id!r} has no confidences from "

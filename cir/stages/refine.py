@@ -107,7 +107,8 @@ class Refine(Stage):
 
     def _decide(self, state: QueryState) -> str | None:
         """The candidate to ask the refiner about, or None when the branch is confident."""
-        data = state.data.get(self.params.verified)
+        # no data at all: the verifier skipped the query (fewer than two candidates)
+        data = state.data.get(self.params.verified, {"p_yes": {}})
         if not isinstance(data, dict) or not isinstance(data.get("p_yes"), dict):
             raise DataError(
                 f"stage {self.instance!r}: query {state.query.id!r} has no confidences from "

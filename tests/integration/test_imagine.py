@@ -222,6 +222,10 @@ def test_twins_resume_from_their_shards(generators, tiny_models, index, tmp_path
         imagine_twins(index, folder, captioner, drawer, encoder, ctx, shard_size=2,
                       interrupt_after_shards=1)  # fmt: skip
     assert len(list((folder / "twins.build").glob("shard-*.json"))) == 1
+    (folder / "twins.build" / "shard-00009.json").write_text("{")
+    with pytest.raises(DataError, match="--no-resume"):
+        imagine_twins(index, folder, captioner, drawer, encoder, ctx, shard_size=2)
+    (folder / "twins.build" / "shard-00009.json").unlink()
     other = Imagine(
         task="text", prompt="caption", generator={"model": generators["drawer"]}, steps=3
     )

@@ -148,6 +148,8 @@ def test_fuse_confidence_stage_writes_the_fused_ranking():
     assert state.data["fuse_confidence"]["branches"]["verify_image"]["c"] == 0.95
     with pytest.raises(DataError, match="mode: verify"):
         stage.run([state_for(stage, verify_text={"order": []})], Context())
+    lone = state_for(stage, verify_image={"p_yes": {"c": 0.3}, "order": ["c"]})
+    assert stage.run([lone], Context())[0].ranking.ids == ("c",)  # verify_text skipped it
 
 
 # ---------------------------------------------------------------------------- WISER refine
@@ -205,4 +207,7 @@ def test_refine_says_how_to_make_the_gallery_captions():
     with pytest.raises(DataError, match="cir index caption"):
         stage.run([state_for(stage, v={"p_yes": {"g1": 0.1}, "order": ["g1"]})], ctx)
     with pytest.raises(DataError, match="mode: verify"):
-        stage.run([state_for(stage)], ctx)
+        stage.run([state_for(stage, v={"order": ["g1"]})], ctx)  # a listwise re-ranker's data
+    skipped = stage.run([state_for(stage)], ctx)[0]  # the verifier skipped a lone candidate
+    assert skipped.data["refine"] == "make it red"
+    assert skipped.record("refine").notes["refine"]["triggered"] is False
