@@ -122,8 +122,9 @@ def _stage_text(cls) -> str:
     lines = [f"{cls.name}: {doc}"]
     lines += [f"  reads   {p.field} ({p.kind}){_doc(p)}" for p in stage.bound_inputs()]
     lines += [f"  writes  {p.field} ({p.kind}){_doc(p)}" for p in stage.bound_outputs()]
-    if cls.language_models or cls.uses_encoder:
-        models = [*cls.language_models, *(["model (CLIP encoder)"] if cls.uses_encoder else [])]
+    models = [*cls.language_models, *(f"{g} (image generator)" for g in cls.image_generators)]
+    models += ["model (CLIP encoder)"] if cls.uses_encoder else []
+    if models:
         lines.append(f"  models  {', '.join(models)}")
     if stage.whole_set:
         lines.append("  scope   the whole query set at once")
