@@ -10,7 +10,7 @@ Example:
     >>> drawn = draw(gen, [Picture("make it red", image="dress.jpg")], Rendering(true_cfg=4.0))
 """
 
-from cir.diffusion.generator import ImageGenerator, load_generator
+from cir.diffusion.generator import ImageGenerator, check_generator, load_generator
 from cir.diffusion.rendering import Drawn, Picture, Rendering, draw, picture_key
 from cir.diffusion.spec import GeneratorSpec, generator_key, validate_generator_spec
 
@@ -20,6 +20,7 @@ __all__ = [
     "ImageGenerator",
     "Picture",
     "Rendering",
+    "check_generator",
     "draw",
     "generator_key",
     "load_generator",

@@ -119,6 +119,15 @@ def load_generator(spec: dict[str, Any], resources: Resources | None = None) -> 
     return resources.get(generator_key(spec), lambda: _load(options), close=lambda gen: gen.close())
 
 
+def check_generator(spec: dict[str, Any]) -> None:
+    """Check a spec and, for a local folder, that it holds a pipeline, without loading it.
+
+    Raises:
+        ConfigError: as :func:`load_generator` would, before any weights are read.
+    """
+    _source(validate_generator_spec(spec).model)
+
+
 def _load(spec: GeneratorSpec) -> ImageGenerator:
     import torch
 

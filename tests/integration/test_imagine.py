@@ -211,38 +211,53 @@ def _twin_tools(generators, tiny_models):
     return captioner, drawer
 
 
-def test_twins_resume_from_their_shards(generators, tiny_models, index, tmp_path):
+def test_twins_resume_from_their_shards(generators, tiny_models, index, tmp_path, monkeypatch):
     from cir.models import load_encoder
 
     encoder = load_encoder(tiny_models["clip"])
-    folder = tmp_path / "index"
+    folder, work = tmp_path / "index", tmp_path / "index" / "twins.build"
     ctx = Context(index=index, resources=Resources(), cache=ContentCache(tmp_path / "cache"))
     captioner, drawer = _twin_tools(generators, tiny_models)
-    with pytest.raises(TwinsInterrupted):
+    with pytest.raises(TwinsInterrupted):  # both caption shards and the first twin shard
         imagine_twins(index, folder, captioner, drawer, encoder, ctx, shard_size=2,
-                      interrupt_after_shards=1)  # fmt: skip
-    assert len(list((folder / "twins.build").glob("shard-*.json"))) == 1
-    (folder / "twins.build" / "shard-00009.json").write_text("{")
+                      interrupt_after_shards=3)  # fmt: skip
+    assert len(list(work.glob("captions-*.json"))) == 2
+    assert len(list(work.glob("twins-*.json"))) == 1
+    (work / "twins-00009.json").write_text("{")
     with pytest.raises(DataError, match="--no-resume"):
         imagine_twins(index, folder, captioner, drawer, encoder, ctx, shard_size=2)
-    (folder / "twins.build" / "shard-00009.json").unlink()
+    (work / "twins-00009.json").unlink()
     other = Imagine(
         task="text", prompt="caption", generator={"model": generators["drawer"]}, steps=3
     )
     with pytest.raises(DataError, match="other settings"):
         imagine_twins(index, folder, captioner, other, encoder, ctx, shard_size=2)
+    asked = {"captions": 0, "pictures": 0}
+    caption_images, draw_pictures = captioner.caption_images, drawer.draw_pictures
+
+    def count(kind, call):
+        def counted(items, *args, **kwargs):
+            asked[kind] += len(items)
+            return call(items, *args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(captioner, "caption_images", count("captions", caption_images))
+    monkeypatch.setattr(drawer, "draw_pictures", count("pictures", draw_pictures))
     summary = imagine_twins(index, folder, captioner, drawer, encoder, ctx, shard_size=2)
-    assert summary == {"images": 4, "resumed": 2, "shards": 1}
-    assert not (folder / "twins.build").exists()
+    assert summary == {"images": 4, "captions_resumed": 4, "twins_resumed": 2, "shards": 1}
+    assert asked == {"captions": 0, "pictures": 2}  # only the missing twins are made
+    assert not work.exists()
     saved = GalleryIndex.load(folder)
     twins, meta = saved.sidecar("twins")
     assert twins.shape == (4, index.dim) and twins.dtype == torch.float16
     assert meta["kind"] == "gallery_twins" and len(meta["captions"]) == 4
     # every twin is the picture drawn from its caption, embedded by the index's encoder
-    drawn = drawer.draw_pictures([c[0] for c in meta["captions"]], [None] * 4, ctx)
+    drawn = draw_pictures([c[0] for c in meta["captions"]], [None] * 4, ctx)
     assert [d.key for d in drawn] == meta["keys"] and all(d.cached for d in drawn)
     want = encoder.encode_images([d.image for d in drawn])
     torch.testing.assert_close(twins.float(), want, atol=2e-3, rtol=0)
+    assert ctx.resources.keys() == [drawer.models(ctx)[0].key]  # the captioner was released
 
 
 def test_cli_index_imagine_adds_the_sidecar(generators, tiny_models, index, tmp_path):
