@@ -155,6 +155,9 @@ def test_imagine_stage_draws_into_the_state_and_the_trace(generators, index, tmp
         Query("make it red", reference_id=i, id=f"q{n}") for n, i in enumerate(index.ids[:3])
     ]
     first = pipe.run(queries, index, cache=cache, resources=resources)
+    key = pipe.stage("imagine").models(Context())[0].key
+    events = [(e.action, e.key) for e in resources.events]
+    assert events[:2] == [("load", key), ("release", key)]  # released before the encoder loads
     for state in first:
         picture = state.data["imagined"]
         assert isinstance(picture, Image.Image) and picture.size == (40, 32)
