@@ -75,8 +75,9 @@ def _deviations_text(pipe) -> str:
 def plan_command(name, overrides, preset, device, memory, gallery, as_json) -> None:
     """Each stage's models, their parameters and memory, and the peak — before any download.
 
-    Sizes come from each model's config and safetensors metadata: a local folder, the
-    Hugging Face cache, or config.json fetched alone from the hub.
+    Sizes come from each model's config and safetensors metadata (a diffusers pipeline's
+    model_index.json and its components' configs): a local folder, the Hugging Face cache, or
+    the config files fetched alone from the hub.
     """
     from cir.plan import plan_pipeline
 
