@@ -87,6 +87,8 @@ class ImageGenerator:
 
         kwargs = rendering.call_arguments()
         kwargs["prompt"] = [p.prompt for p in pictures]
+        if "negative_prompt" in kwargs:  # one per picture: editors pair it with each image
+            kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(pictures)
         if pictures[0].image is not None:
             kwargs["image"] = [p.image for p in pictures]
         kwargs["generator"] = [torch.Generator("cpu").manual_seed(rendering.seed) for _ in pictures]

@@ -62,9 +62,7 @@ class DrawCounter:
 # ---------------------------------------------------------------------------- generators
 def test_seeded_pictures_repeat_across_loads_and_batches(generators, photos):
     sources = sorted(photos.iterdir())
-    pictures = [
-        Picture(f"make it {c}", image=p) for c, p in zip(["red", "blue"] * 2, sources, strict=True)
-    ]
+    pictures = [Picture("make it red", sources[0]), Picture("make it blue", sources[1])]
     first = load_generator({"model": generators["editor"]}, Resources())
     again = load_generator({"model": generators["editor"]}, Resources())
     assert first is not again and first.can_edit and first.kind.endswith("InstructPix2PixPipeline")
@@ -80,6 +78,10 @@ def test_seeded_pictures_repeat_across_loads_and_batches(generators, photos):
     drawer = load_generator({"model": generators["drawer"]}, Resources())
     drawn = draw(drawer, [Picture("a red bus"), Picture("a cat")], FAST)
     assert [d.image.size for d in drawn] == [(32, 32), (32, 32)] and not drawer.can_edit
+    guided = Rendering(steps=2, guidance=7.5, image_guidance=1.5, negative_prompt="blurry")
+    edits = draw(first, pictures, guided, batch_size=4)  # the negative prompt goes with each
+    assert len(edits) == 2
+    assert not np.array_equal(pixels(edits[0].image), pixels(batched[0].image))
 
 
 def test_pictures_come_back_from_the_cache(generators, photos, tmp_path):
