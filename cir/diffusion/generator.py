@@ -3,7 +3,7 @@
 ``DiffusionPipeline.from_pretrained`` reads ``model_index.json`` and loads the class it names
 (``QwenImageEditPipeline``, ``FluxKontextPipeline``, ``StableDiffusionInstructPix2PixPipeline``,
 ``QwenImagePipeline``, ``StableDiffusionPipeline``, ...), from a local folder or the hub. A
-pipeline whose call takes an ``image`` edits; every pipeline draws from text.
+pipeline whose call takes an ``image`` can edit; text-to-image pipelines draw from text alone.
 
 Example:
     >>> gen = load_generator({"model": "Qwen/Qwen-Image-Edit", "dtype": "bfloat16"})
