@@ -11,8 +11,9 @@ interrupted run leaves either the whole entry or nothing; readers never block th
 writer at a time is enforced by the database lock (with a busy timeout, so concurrent writers wait
 instead of failing); and the whole cache is one file that is easy to inspect, copy or delete.
 
-Values are JSON (captions, raw LLM texts) or tensors (embeddings, stored as safetensors bytes:
-no pickle, so importing someone else's cache file runs no code).
+Values are JSON (captions, raw LLM texts), tensors (embeddings, stored as safetensors bytes) or
+images (generated pictures, stored as PNG bytes): no pickle, so importing someone else's cache
+file runs no code.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import io
 import json
 import os
 import sqlite3
@@ -323,7 +325,7 @@ class ContentCache:
                 blob = row.pop("blob")
                 row["value"] = (
                     base64.b64encode(blob).decode("ascii")
-                    if row["encoding"] == "safetensors"
+                    if row["encoding"] in _BINARY
                     else json.loads(blob.decode("utf-8"))
                 )
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -366,11 +368,19 @@ def _row(entry: CacheEntry) -> tuple:
     )
 
 
+_BINARY = ("safetensors", "png")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _encode(value: Any) -> tuple[str, bytes]:
     if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
         from safetensors.torch import save as save_tensors
 
         return "safetensors", save_tensors({"value": value.detach().cpu().contiguous()})
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return "png", buffer.getvalue()
     try:
         return "json", json.dumps(value, ensure_ascii=False).encode("utf-8")
     except TypeError as exc:
@@ -382,7 +392,19 @@ def _decode(encoding: str, blob: bytes) -> Any:
         from safetensors.torch import load as load_tensors
 
         return load_tensors(bytes(blob))["value"]
+    if encoding == "png":
+        return _png_image(bytes(blob))
     return json.loads(bytes(blob).decode("utf-8"))
+
+
+def _png_image(blob: bytes) -> Image.Image:
+    """A stored PNG, decoded as RGB (refused unless it is a PNG of a sane size)."""
+    from cir.images import load_image
+
+    if not blob.startswith(_PNG_SIGNATURE):
+        raise DataError("a cached image is not a PNG; the cache entry is damaged")
+    with Image.open(io.BytesIO(blob), formats=["PNG"]) as opened:
+        return load_image(opened)
 
 
 def _filter(stage: str | None, kind: str | None) -> tuple[str, list[str]]:
@@ -434,13 +456,11 @@ def _json_line(line: str, path: Path, number: int) -> dict[str, Any]:
     return value
 
 
-def _check_tensor(blob: bytes, path: Path, number: int) -> None:
-    from safetensors.torch import load as load_tensors
-
+def _check_binary(encoding: str, blob: bytes, path: Path, number: int) -> None:
     try:
-        load_tensors(blob)
-    except Exception as exc:  # safetensors raises its own error type
-        raise DataError(f"{path}, line {number}: tensor value does not load ({exc})") from None
+        _decode(encoding, blob)
+    except Exception as exc:  # safetensors and Pillow raise their own error types
+        raise DataError(f"{path}, line {number}: {encoding} value does not load ({exc})") from None
 
 
 def _import_entry(line: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
@@ -448,9 +468,9 @@ def _import_entry(line: dict[str, Any], path: Path, number: int) -> dict[str, An
         parts, encoding = line["parts"], line["encoding"]
         if make_key(parts) != line["key"]:
             raise DataError(f"{path}, line {number}: key does not match its parts; refused")
-        if encoding == "safetensors":
+        if encoding in _BINARY:
             blob = base64.b64decode(line["value"])
-            _check_tensor(blob, path, number)
+            _check_binary(encoding, blob, path, number)
         elif encoding == "json":
             blob = json.dumps(line["value"], ensure_ascii=False).encode("utf-8")
         else:

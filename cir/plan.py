@@ -4,8 +4,9 @@ For each stage: the models it loads, their parameter count and estimated weight 
 memory, and which models are resident while it runs (a run loads a model when the first stage
 naming it starts and releases it after the last one). The peak is the largest stage. Sizes come
 from what each model publishes as metadata only — ``config.json`` (read from a local folder, the
-Hugging Face cache, or fetched alone from the hub), a safetensors index or header — and
-parameter counts from building the architecture on PyTorch's ``meta`` device (no memory).
+Hugging Face cache, or fetched alone from the hub), a safetensors index or header, a diffusers
+pipeline's ``model_index.json`` and its components' configs — and parameter counts from building
+the architecture on PyTorch's ``meta`` device (no memory).
 
 Example:
     >>> plan = plan_pipeline(load_pipeline("best"), device="cuda", device_bytes=24 * 2**30)
@@ -166,6 +167,8 @@ def estimate(use: ModelUse, device: str) -> ModelEstimate:
     """Parameters and memory of one model from its metadata (never its weights)."""
     if use.kind == "encoder":
         return _estimate_encoder(use, device)
+    if use.kind == "generator":
+        return _estimate_generator(use, device)
     spec = use.spec
     if spec.get("backend") in ("openai", "scripted"):
         where = "served remotely" if spec.get("backend") == "openai" else "scripted"
@@ -308,6 +311,83 @@ def _encoder_params(model: str, pretrained: str | None) -> tuple[int, int]:
     return sum(p.numel() for p in net.parameters()), dim
 
 
+def _estimate_generator(use: ModelUse, device: str) -> ModelEstimate:
+    """A diffusers pipeline: the weights of its components (those with a ``config.json``).
+
+    With ``offload: model`` on a GPU only the largest component is resident at a time; with
+    ``sequential`` the weights stream from the host layer by layer. Activations, which grow with
+    the picture's size and the batch, are not counted.
+    """
+    spec = use.spec
+    dtype = _generator_dtype(str(spec.get("dtype", "auto")), device)
+    try:
+        components = _pipeline_components(use.name, spec.get("revision"))
+    except (ConfigError, OSError, ValueError) as exc:
+        return ModelEstimate(use.name, "generator", None, dtype, None, 0, f"no model index: {exc}")
+    known = {name: n for name, n in components.items() if n is not None}
+    params = sum(known.values()) if len(known) == len(components) else None
+    offload = str(spec.get("offload", "none")) if device != "cpu" else "none"
+    resident = {"none": params, "model": max(known.values(), default=None), "sequential": 0}
+    count = resident[offload]
+    weight = count * _BYTES[dtype] if count is not None else None
+    note = f"{len(components)} components" + ("" if offload == "none" else f", offload {offload}")
+    return ModelEstimate(use.name, "generator", params, dtype, weight, 0, "model_index.json", note)
+
+
+def _generator_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    return "float32" if device == "cpu" else "bfloat16"
+
+
+def _pipeline_components(model: str, revision: str | None) -> dict[str, int | None]:
+    """Parameters of each weighted component named by the pipeline's ``model_index.json``."""
+    folder = _pipeline_file(model, "model_index.json", revision).parent
+    index = json.loads((folder / "model_index.json").read_text())
+    out: dict[str, int | None] = {}
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, list) or None in entry:
+            continue
+        try:
+            config_path = _pipeline_file(model, f"{name}/config.json", revision)
+        except ConfigError:
+            continue  # schedulers, tokenizers and processors have no weights
+        out[name] = _component_params(config_path.parent, entry[0], entry[1])
+    return out
+
+
+def _pipeline_file(model: str, name: str, revision: str | None) -> Path:
+    local = Path(model).expanduser() / name
+    if local.is_file():
+        return local
+    if Path(model).expanduser().is_dir():
+        raise ConfigError(f"{model} has no {name}")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(model, name, revision=revision))
+    except Exception as exc:  # the hub client raises many kinds; all mean "not reachable"
+        raise ConfigError(f"cannot read {name} of {model!r} ({type(exc).__name__})") from None
+
+
+def _component_params(folder: Path, library: str, class_name: str) -> int | None:
+    counted = _safetensors_params(folder)
+    if counted is not None:
+        return counted
+    try:
+        import torch
+
+        module = __import__(library)
+        config = json.loads((folder / "config.json").read_text())
+        if library == "transformers":
+            return _meta_params(folder)
+        with torch.device("meta"):
+            net = getattr(module, class_name).from_config(config)
+        return sum(p.numel() for p in net.parameters())
+    except Exception:  # an unknown class or library: the plan says the size is unknown
+        return None
+
+
 def _encoder_dim(estimates: dict[str, ModelEstimate]) -> int:
     for m in estimates.values():
         if m.kind == "encoder" and m.note.endswith("-d embeddings"):
@@ -344,7 +424,8 @@ def _warnings(plan: Plan) -> list[str]:
             f"the peak ({_gib(need)}, stage {peak.stage}: {', '.join(peak.resident)}) exceeds "
             f"the device ({_gib(plan.device_bytes)}). To lower it: load in a smaller dtype "
             "(dtype: bfloat16 or float16), shorten the KV cache (max_model_len, max_num_seqs), "
-            "split the model over GPUs (tensor_parallel_size), pick a smaller model "
+            "split the model over GPUs (tensor_parallel_size), offload a generator's idle "
+            "components to the host (generator: {offload: model}), pick a smaller model "
             "(--set stages.<stage>.llm.model=...), or serve it from another machine "
             "(backend: openai)"
         )

@@ -30,9 +30,10 @@ class ModelUse:
 
     Attributes:
         key: the resource key (two stages with the same key share one loaded model).
-        kind: ``language`` (captioners, LLMs, MLLMs) or ``encoder`` (CLIP-style encoders).
+        kind: ``language`` (captioners, LLMs, MLLMs), ``generator`` (diffusers pipelines that
+            draw or edit pictures) or ``encoder`` (CLIP-style encoders).
         name: the model as the user named it (hub id, local folder, open_clip name).
-        spec: the full spec (backend options, or encoder name/tag/preprocessing).
+        spec: the full spec (backend or generator options, or encoder name/tag/preprocessing).
         param: the stage parameter that names it.
     """
 
@@ -46,6 +47,10 @@ class ModelUse:
     def language(cls, key: Hashable, spec: dict[str, Any], param: str) -> ModelUse:
         name = spec.get("model") or spec.get("name") or "?"
         return cls(key, "language", str(name), dict(spec), param)
+
+    @classmethod
+    def generator(cls, key: Hashable, spec: dict[str, Any], param: str) -> ModelUse:
+        return cls(key, "generator", str(spec.get("model") or "?"), dict(spec), param)
 
 
 @dataclass(frozen=True)

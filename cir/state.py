@@ -7,6 +7,7 @@ how embeddings from different encoders are refused.
 
 Example:
     >>> image = resolve_reference(state, ctx, "caption")     # a path or a PIL image
+    >>> drawn = resolve_image(state, ctx, "data.imagined", "encode_image")
     >>> q = stack_vectors(states, "query", "retrieve")        # (Q, D) float32
     >>> put_embedding(state, "query", q[0], encoder_key)
 """
@@ -14,7 +15,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from PIL import Image
 
 from cir.errors import ConfigError, DataError
 from cir.types import ImageLike, QueryState, StageRecord
@@ -51,6 +55,43 @@ def resolve_reference(state: QueryState, ctx: Context, stage: str) -> ImageLike:
         f"query {query.id!r} has no reference image, but stage {stage!r} needs one; "
         "give Query(reference=<path or PIL image>) or reference_id=<gallery id>"
     )
+
+
+def check_source(value: str, query_field: str) -> None:
+    """Refuse a source field other than ``query_field`` or ``data.<name>`` (ValueError)."""
+    if value != query_field and not (value.startswith("data.") and len(value) > 5):
+        raise ValueError(
+            f"source field must be {query_field!r} or 'data.<name>' (written by an earlier "
+            f"stage), got {value!r}"
+        )
+
+
+def resolve_image(state: QueryState, ctx: Context, source: str, stage: str) -> ImageLike:
+    """The image ``source`` names: the reference (``query.image``), or one an earlier stage left
+    in ``data.<name>`` (a picture the pipeline drew)."""
+    if source == "query.image":
+        return resolve_reference(state, ctx, stage)
+    image = state.data.get(source.removeprefix("data."))
+    if not isinstance(image, Image.Image | str | Path):
+        raise DataError(
+            f"query {state.query.id!r}: stage {stage!r} reads an image from {source!r}, "
+            f"but no earlier stage left one there"
+        )
+    return image
+
+
+def resolve_text(state: QueryState, source: str, stage: str) -> str:
+    """The text ``source`` names: the modification (``query.text``), or a text an earlier stage
+    left in ``data.<name>`` (a refined instruction)."""
+    if source == "query.text":
+        return state.query.text
+    text = state.data.get(source.removeprefix("data."))
+    if not isinstance(text, str):
+        raise DataError(
+            f"query {state.query.id!r}: stage {stage!r} reads a text from {source!r}, "
+            "but no earlier stage left one there"
+        )
+    return text
 
 
 def query_vector(state: QueryState, name: str, stage: str) -> torch.Tensor:

@@ -5,6 +5,8 @@ Everything a model or a user wrote is HTML-escaped before it reaches the page.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from html import escape
 from pathlib import Path
@@ -20,7 +22,8 @@ from .safety import gallery_image, redact_config
 MAX_LISTED = 5
 _PLACEHOLDER_SIDE = 160
 _NOTE_CHARS = 160
-_HIDDEN_NOTES = {"weights", "parse_errors"}
+_HIDDEN_NOTES = {"weights", "parse_errors", "imagined"}
+_IMAGINED_SIDE = 256
 
 
 # ---------------------------------------------------------------------- result grid
@@ -63,10 +66,23 @@ def _is_move(value: Any) -> bool:
 
 
 def data_images(state: QueryState | None) -> list[tuple[str, Image.Image]]:
-    """Images stages left in ``state.data`` (the re-ranker's numbered grid), by key."""
+    """Images stages left in ``state.data`` (the re-ranker's numbered grid), by key; pictures
+    an ``imagine`` stage drew are shown in the trace instead."""
     if state is None:
         return []
-    return [(k, v) for k, v in state.data.items() if isinstance(v, Image.Image)]
+    drawn = {field for field, _, _ in imagined(state)}
+    return [(k, v) for k, v in state.data.items() if isinstance(v, Image.Image) and k not in drawn]
+
+
+def imagined(state: QueryState) -> list[tuple[str, str, Image.Image]]:
+    """(data key, prompt, picture) of every picture an ``imagine`` stage drew, in stage order."""
+    out = []
+    for rec in state.trace:
+        note = rec.notes.get("imagined")
+        key = str(note.get("field", "")).removeprefix("data.") if isinstance(note, dict) else ""
+        if isinstance(state.data.get(key), Image.Image):
+            out.append((key, str(note.get("prompt", "")), state.data[key]))
+    return out
 
 
 # ---------------------------------------------------------------------- trace
@@ -78,6 +94,7 @@ def trace_html(outcome: Outcome) -> str:
     parts = [_summary(outcome), _fallback_warnings(state.trace)]
     parts.append(_listing("Reference caption", state.captions))
     parts.append(_listing("Target description", state.targets))
+    parts.append(_imagined(state))
     parts.append(_weights(state.trace))
     parts.append(_reranker(state))
     parts.append(_stage_table(state.trace))
@@ -125,6 +142,21 @@ def _listing(title: str, values: list[str]) -> str:
     extra = f"<li><i>… and {more} more</i></li>" if more > 0 else ""
     plural = "s" if len(values) > 1 else ""
     return f"<h4>{title}{plural}</h4><ol>{items}{extra}</ol>"
+
+
+def _imagined(state: QueryState) -> str:
+    figures = []
+    for key, prompt, picture in imagined(state):
+        thumb = picture.copy()
+        thumb.thumbnail((_IMAGINED_SIDE, _IMAGINED_SIDE))
+        buffer = io.BytesIO()
+        thumb.save(buffer, format="PNG")
+        src = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+        figures.append(
+            f'<figure class="cir-imagined"><img src="{src}" alt="{escape(key)}">'
+            f"<figcaption><b>{escape(key)}</b>: {escape(_short(prompt))}</figcaption></figure>"
+        )
+    return f"<h4>Imagined pictures</h4>{''.join(figures)}" if figures else ""
 
 
 def _weights(trace: list[StageRecord]) -> str:

@@ -31,6 +31,7 @@ PACKAGES = (
     "torchvision",
     "open_clip_torch",
     "transformers",
+    "diffusers",
     "numpy",
     "pillow",
     "faiss-cpu",

@@ -75,8 +75,9 @@ def _deviations_text(pipe) -> str:
 def plan_command(name, overrides, preset, device, memory, gallery, as_json) -> None:
     """Each stage's models, their parameters and memory, and the peak — before any download.
 
-    Sizes come from each model's config and safetensors metadata: a local folder, the
-    Hugging Face cache, or config.json fetched alone from the hub.
+    Sizes come from each model's config and safetensors metadata (a diffusers pipeline's
+    model_index.json and its components' configs): a local folder, the Hugging Face cache, or
+    the config files fetched alone from the hub.
     """
     from cir.plan import plan_pipeline
 
@@ -122,8 +123,9 @@ def _stage_text(cls) -> str:
     lines = [f"{cls.name}: {doc}"]
     lines += [f"  reads   {p.field} ({p.kind}){_doc(p)}" for p in stage.bound_inputs()]
     lines += [f"  writes  {p.field} ({p.kind}){_doc(p)}" for p in stage.bound_outputs()]
-    if cls.language_models or cls.uses_encoder:
-        models = [*cls.language_models, *(["model (CLIP encoder)"] if cls.uses_encoder else [])]
+    models = [*cls.language_models, *(f"{g} (image generator)" for g in cls.image_generators)]
+    models += ["model (CLIP encoder)"] if cls.uses_encoder else []
+    if models:
         lines.append(f"  models  {', '.join(models)}")
     if stage.whole_set:
         lines.append("  scope   the whole query set at once")

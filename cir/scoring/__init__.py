@@ -2,8 +2,9 @@
 
 Query side: WeiMoCIR fusion, PDV, mean and LDRE ensembles, BASIC projection and expansion.
 Gallery side (one chunk at a time): WeiMoCIR caption-aware similarity, SEIZE, BASIC's Harris
-fusion, hubness corrections. Chunked drivers bound memory by the chunk size. Nothing here
-knows about stages or indexes; see ``docs/scoring.md`` for formulas and reference-code notes.
+fusion, Paracosm's synthetic twins, hubness corrections. Chunked drivers bound memory by the
+chunk size. Nothing here knows about stages or indexes; see ``docs/scoring.md`` for formulas
+and reference-code notes.
 
 Example:
     >>> from cir.scoring import weimocir_query, weimocir_scores, chunked_topk
@@ -27,7 +28,13 @@ from cir.scoring.fusion import (
     prompt_direction,
     weimocir_query,
 )
-from cir.scoring.gallery import dot_scores, seize_scores, set_positions, weimocir_scores
+from cir.scoring.gallery import (
+    dot_scores,
+    seize_scores,
+    set_positions,
+    twin_scores,
+    weimocir_scores,
+)
 from cir.scoring.hubness import (
     HUBNESS_METHODS,
     apply_hub_penalty,
@@ -71,6 +78,7 @@ __all__ = [
     "seize_scores",
     "set_positions",
     "similarity_minima",
+    "twin_scores",
     "weimocir_query",
     "weimocir_scores",
 ]

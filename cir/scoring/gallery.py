@@ -100,3 +100,22 @@ def set_positions(
     rows = torch.nonzero(hit).squeeze(1)
     scores[rows, local[rows]] = value
     return scores
+
+
+def twin_scores(query: torch.Tensor, gallery: torch.Tensor, twins: torch.Tensor) -> torch.Tensor:
+    """Similarity to each gallery image joined with its synthetic twin: ``q . normalize(g + t)``.
+
+    Paracosm (Wang, Zhao and Kong, Generating a Paracosm for Training-Free Zero-Shot Composed
+    Image Retrieval, arXiv 2602.00813) represents a gallery image by the sum of its normalised
+    embedding and that of a picture drawn from its detailed caption, normalised again.
+
+    Args:
+        query: queries (Q, D).
+        gallery: gallery image embeddings (n, D), normalised.
+        twins: the twins' image embeddings (n, D), normalised, row i drawn from image i.
+
+    Returns:
+        Scores (Q, n).
+    """
+    joined = torch.nn.functional.normalize(gallery.float() + twins.float(), dim=-1)
+    return query @ joined.T.to(query.dtype)

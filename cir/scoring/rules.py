@@ -249,3 +249,29 @@ class BasicRule(GalleryRule):
         lo_img, lo_txt = calib.get("image_min"), calib.get("text_min")
         lam = self.params.harris_lambda
         return lambda start, stop, chunk: basic_scores(v, t, chunk, mean, lo_img, lo_txt, lam)
+
+
+@dataclass(frozen=True)
+class TwinParams:
+    twins: str = "twins"
+
+
+@register_rule
+class TwinRule(GalleryRule):
+    """Paracosm: each gallery image scored as ``normalize(V(I) + V(twin))`` with its synthetic
+    twin's embedding from the index sidecar ``twins`` (made by ``cir index imagine``)."""
+
+    name = "twins"
+    Params = TwinParams
+
+    def build(self, inputs: RuleInputs) -> ScoreFn:
+        from cir.scoring.gallery import twin_scores
+
+        q = inputs.stacked(inputs.query)
+        twins, _ = inputs.sidecar(self.params.twins)
+        if twins.dim() != 2 or twins.shape[1] != q.shape[1]:
+            raise DataError(
+                f"sidecar {self.params.twins!r} must hold one {q.shape[1]}-d twin embedding per "
+                f"gallery image, got shape {tuple(twins.shape)}; make it with `cir index imagine`"
+            )
+        return lambda start, stop, chunk: twin_scores(q, chunk, twins[start:stop])

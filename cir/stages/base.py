@@ -6,9 +6,9 @@ A stage declares, in plain class attributes:
   JSON-basic values validated on construction;
 - ``inputs`` / ``outputs``: typed :class:`Port` s — which ``QueryState`` field, of what kind
   (text, texts, image, vector, vectors, ranking, data), and which parameter names it;
-- ``language_models`` / ``uses_encoder``: the models it loads (so a run loads each model when
-  the first stage naming it starts and releases it after the last one), ``held``: the attributes
-  that reference them (dropped by ``teardown``);
+- ``language_models`` / ``image_generators`` / ``uses_encoder``: the models it loads (so a run
+  loads each model when the first stage naming it starts and releases it after the last one),
+  ``held``: the attributes that reference them (dropped by ``teardown``);
 - ``whole_set``: whether its rule spans the query set (it then sees every query at once).
 
 ``setup(ctx)`` loads models through ``ctx.resources``; ``run(states, ctx)`` is batch-first and
@@ -134,6 +134,7 @@ class Stage:
     inputs: tuple[Port, ...] = ()
     outputs: tuple[Port, ...] = ()
     language_models: ClassVar[tuple[str, ...]] = ()
+    image_generators: ClassVar[tuple[str, ...]] = ()
     uses_encoder: ClassVar[bool] = False
     held: ClassVar[tuple[str, ...]] = ()
     whole_set: bool = False
@@ -176,11 +177,17 @@ class Stage:
     # ------------------------------------------------------------------ models
     def models(self, ctx: Context) -> list[ModelUse]:
         """The models ``setup`` loads, with the resource keys they are shared under."""
+        from cir.diffusion.spec import generator_key
         from cir.llm import spec_key
 
         uses = [
             ModelUse.language(spec_key(spec), spec, param)
             for param in self.language_models
+            if isinstance(spec := getattr(self.params, param), dict)
+        ]
+        uses += [
+            ModelUse.generator(generator_key(spec), spec, param)
+            for param in self.image_generators
             if isinstance(spec := getattr(self.params, param), dict)
         ]
         if self.uses_encoder:

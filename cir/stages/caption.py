@@ -11,7 +11,7 @@ from cir.llm import load_backend
 from cir.prompts import load_prompt
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
 from cir.stages.base import Context, Port, Stage, register_stage
-from cir.state import resolve_reference
+from cir.state import check_source, resolve_image
 from cir.types import QueryState, StageRecord
 
 DEFAULT_CAPTIONER = {"backend": "transformers", "model": "Salesforce/blip2-flan-t5-xl"}
@@ -24,9 +24,11 @@ class CaptionParams(GenerationParams):
     num_captions: int = 1
     max_tokens: int = 64
     fallback_caption: str = "an image"
+    source: str = "query.image"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_source(self.source, "query.image")
         if self.num_captions < 1:
             raise ValueError(f"num_captions must be >= 1, got {self.num_captions}")
         if self.num_captions > 1 and self.temperature == 0:
@@ -46,7 +48,8 @@ class Caption(Stage):
     ``detailed``: CIReVL's describe-every-object instruction, for instruction-following captioners)
     or the path of your own prompt file. Captions are cached by image content, captioner, prompt
     and sampling. A caption that fails to parse (an empty answer) follows the prompt's fallback
-    policy; the fallback caption is ``fallback_caption``, counted in the trace.
+    policy; the fallback caption is ``fallback_caption``, counted in the trace. ``source:
+    data.<name>`` captions a picture an earlier stage drew instead of the reference.
 
     Papers: CIReVL (Karthik et al., ICLR 2024) captions with BLIP-2; LDRE (Yang et al., SIGIR 2024)
     samples 15 captions per image.
@@ -58,8 +61,8 @@ class Caption(Stage):
 
     name = "caption"
     Params = CaptionParams
-    inputs = (Port("query.image", "image", "the reference image"),)
-    outputs = (Port("captions", "texts", "one or N captions of the reference"),)
+    inputs = (Port("{source}", "image", "the image to caption (the reference by default)"),)
+    outputs = (Port("captions", "texts", "one or N captions of the image"),)
     language_models = ("captioner",)
     held = ("backend",)
 
@@ -69,7 +72,8 @@ class Caption(Stage):
         self.backend = load_backend(self.params.captioner, ctx.resources)
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
-        images = [resolve_reference(state, ctx, self.instance) for state in states]
+        source = self.params.source
+        images = [resolve_image(state, ctx, source, self.instance) for state in states]
         records = [self.record(state) for state in states]
         captions = self.caption_images(images, ctx, records)
         for state, texts in zip(states, captions, strict=True):

@@ -9,7 +9,7 @@ import torch
 from cir.models.shared import resolve_encoder
 from cir.stages._encoders import cached_embeddings, encoder_cache_parts
 from cir.stages.base import Context, Port, Stage, register_stage
-from cir.state import count_cache, put_embedding, resolve_reference
+from cir.state import check_source, count_cache, put_embedding, resolve_image
 from cir.types import ImageLike, QueryState
 
 
@@ -21,29 +21,33 @@ class EncodeImageParams:
     batch_size: int = 32
     reuse_index: bool = True
     normalize: bool = True
+    source: str = "query.image"
 
     def __post_init__(self) -> None:
+        check_source(self.source, "query.image")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @register_stage
 class EncodeImage(Stage):
-    """Embed each query's reference image with a CLIP-style encoder.
+    """Embed each query's reference image (or a picture the pipeline drew) with a CLIP encoder.
 
     ``model: null`` (the default) uses the encoder the index was built with. When the reference is
     given by gallery id and ``reuse_index`` is on, the stored gallery embedding is reused instead
     of re-encoding the image. ``normalize: false`` keeps the raw projector output (WeiMoCIR's
     reference code fuses raw features; the stored index embeddings are then not reused).
+    ``source: data.<name>`` embeds a picture an earlier stage drew (an ``imagine`` stage).
 
     Example:
         >>> EncodeImage(output="image")          # in YAML: - stage: encode_image
+        >>> EncodeImage(source="data.imagined", output="imagined")
     """
 
     name = "encode_image"
     Params = EncodeImageParams
-    inputs = (Port("query.image", "image", "the reference image"),)
-    outputs = (Port("embeddings.{output}", "vector", "the reference image's embedding"),)
+    inputs = (Port("{source}", "image", "the image to embed (the reference by default)"),)
+    outputs = (Port("embeddings.{output}", "vector", "the image's embedding"),)
     uses_encoder = True
     held = ("encoder",)
 
@@ -63,7 +67,8 @@ class EncodeImage(Stage):
                 count_cache(self.record(state), 1, 0)
                 self.record(state).notes["reused_index_embedding"] = True
             else:
-                pending.append((state, resolve_reference(state, ctx, self.instance)))
+                source = resolve_image(state, ctx, self.params.source, self.instance)
+                pending.append((state, source))
         if pending:
             self._encode(pending, ctx, key)
         return states
@@ -94,8 +99,9 @@ class EncodeImage(Stage):
 
     def _stored_embedding(self, state: QueryState, ctx: Context, key: str) -> torch.Tensor | None:
         ref_id, index = state.query.reference_id, ctx.index
-        if not (self.params.reuse_index and self.params.normalize):
-            return None  # the index stores normalised embeddings only
+        p = self.params
+        if not (p.reuse_index and p.normalize and p.source == "query.image"):
+            return None  # the index stores normalised embeddings of its own images only
         if state.query.reference is not None or ref_id is None:
             return None
         if index is None or index.encoder is None or index.encoder.key != key:

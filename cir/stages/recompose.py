@@ -10,6 +10,7 @@ from cir.llm import load_backend
 from cir.prompts import load_prompt
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
 from cir.stages.base import Context, Port, Stage, register_stage
+from cir.state import check_source, resolve_text
 from cir.types import QueryState
 
 DEFAULT_LLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
@@ -19,6 +20,11 @@ DEFAULT_LLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-7B-Instruct"}
 class RecomposeParams(GenerationParams):
     llm: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_LLM))
     prompt: str = "general"
+    modification: str = "query.text"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_source(self.modification, "query.text")
 
 
 @register_stage
@@ -34,7 +40,8 @@ class Recompose(Stage):
 
     Shipped prompts: ``general``, ``fashion`` (FashionIQ feedback), ``short`` (GeneCIS-style
     one-word conditions); or the path of your own prompt file with variables
-    ``caption`` and ``modification``.
+    ``caption`` and ``modification``. ``modification: data.<name>`` reads the change from a
+    text an earlier stage wrote (the instruction of a refinement round, ``refine``).
 
     Papers: CIReVL (Karthik et al., ICLR 2024), LDRE (Yang et al., SIGIR 2024).
 
@@ -46,7 +53,7 @@ class Recompose(Stage):
     Params = RecomposeParams
     inputs = (
         Port("captions", "texts", "reference caption(s)"),
-        Port("query.text", "text", "the modification"),
+        Port("{modification}", "text", "the modification"),
     )
     outputs = (
         Port("targets", "texts", "one target description per caption"),
@@ -64,10 +71,11 @@ class Recompose(Stage):
         asks, owners = [], []
         for state in states:
             record = self.record(state)
+            change = resolve_text(state, self.params.modification, self.instance)
             for caption in state.captions:
-                values = {"caption": caption, "modification": state.query.text}
+                values = {"caption": caption, "modification": change}
                 variables = {k: values[k] for k in self.prompt.variables}
-                asks.append(Ask(variables, fallback=state.query.text, record=record))
+                asks.append(Ask(variables, fallback=change, record=record))
                 owners.append(state)
         for state in states:
             state.targets, state.llm_raw = [], []

@@ -37,3 +37,19 @@ def test_clip_fusion_finds_the_cat_with_real_weights(device, sample_photos, tmp_
     index = GalleryIndex.build(sample_photos, encoder, out=tmp_path / "index")
     state = load_pipeline("text_only").run([Query("a photo of a cat")], index)[0]
     assert "cat" in state.ranking.ids[0]
+
+
+def test_instruct_pix2pix_edits_a_photo_the_same_way_twice(device, sample_photos):
+    """A real editor from the hub, on the GPU in float16: seeded edits repeat pixel for pixel."""
+    import numpy as np
+
+    from cir.diffusion import Picture, Rendering, draw, load_generator
+    from cir.resources import Resources
+
+    spec = {"model": "timbrooks/instruct-pix2pix", "dtype": "float16", "device": device}
+    photo = sorted(sample_photos.iterdir())[0]
+    settings = Rendering(steps=20, guidance=7.5, image_guidance=1.5, seed=0)
+    first = draw(load_generator(spec, Resources()), [Picture("make it snow", photo)], settings)
+    again = draw(load_generator(spec, Resources()), [Picture("make it snow", photo)], settings)
+    assert np.array_equal(np.asarray(first[0].image), np.asarray(again[0].image))
+    assert first[0].image.size[0] % 8 == 0

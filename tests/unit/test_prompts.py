@@ -27,6 +27,13 @@ PINNED = {
     "caption/detailed.v1": "7f0adf14f7ad",
     "caption/ldre.v1": "203919bded91",
     "caption/plain.v1": "05766a65bd21",
+    "caption/simple.v1": "d57c2c1a8c8a",
+    "caption/thorough.v1": "64a31f8fbe65",
+    "imagine/caption.v1": "81161536d86a",
+    "imagine/edit.v1": "b44fc5c32206",
+    "imagine/paracosm-circo.v1": "5de39995098e",
+    "imagine/paracosm.v1": "ebd323ed14a8",
+    "imagine/target.v1": "8866b8fbcb3b",
     "reason/osrcir.v1": "85fc1b550122",
     "reason/osrcir.v2": "ef1884ab6e28",
     "recompose/cirevl-circo.v1": "fea1bb1517b7",
@@ -36,8 +43,11 @@ PINNED = {
     "recompose/general.v1": "2b8164ab8bdd",
     "recompose/ldre.v1": "2baf91aab509",
     "recompose/short.v1": "32779e3ec485",
+    "recompose/wiser.v1": "07c929190062",
+    "refine/image.v1": "19ff54cfeb39",
+    "refine/text.v1": "3183797732d3",
 }
-PINNED_STAGES = ("caption", "recompose", "reason")
+PINNED_STAGES = ("caption", "imagine", "recompose", "reason", "refine")
 
 MINIMAL = """---
 variables: [caption, modification]

@@ -45,15 +45,20 @@ def test_ports_name_state_fields_of_known_kinds(stage_cls):
 def test_declared_models_and_held_attributes_are_real(stage_cls):
     fields = {f.name for f in dataclasses.fields(stage_cls.Params)}
     assert set(stage_cls.language_models) <= fields
+    assert set(stage_cls.image_generators) <= fields
     if stage_cls.uses_encoder:
         assert {"model", "pretrained"} <= fields
     stage = stage_cls()
     uses = stage.models(Context(encoder=EncoderSpec("ViT-B-32/openai")))
-    expected = [*stage_cls.language_models, *(["model"] if stage_cls.uses_encoder else [])]
+    expected = [
+        *stage_cls.language_models,
+        *stage_cls.image_generators,
+        *(["model"] if stage_cls.uses_encoder else []),
+    ]
     assert [u.param for u in uses] == expected
-    assert [u.kind for u in uses] == ["language"] * len(stage_cls.language_models) + [
-        "encoder"
-    ] * stage_cls.uses_encoder
+    kinds = ["language"] * len(stage_cls.language_models)
+    kinds += ["generator"] * len(stage_cls.image_generators)
+    assert [u.kind for u in uses] == kinds + ["encoder"] * stage_cls.uses_encoder
     stage.__dict__.update({attr: object() for attr in stage_cls.held})
     stage.teardown()
     assert not any(attr in stage.__dict__ for attr in stage_cls.held)
