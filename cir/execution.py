@@ -8,9 +8,10 @@
 
 A stage whose rule spans the query set (``whole_set``, LDRE's ensemble) gets every query of a
 group in one call. Between stages the states hold texts and host-side embeddings; with
-``keep_embeddings=False`` the embeddings no later stage reads are dropped. Several *groups* (a
-query set over its own index, such as FashionIQ's three categories) go through each stage before
-the next stage starts, so models load once for all of them.
+``keep_embeddings=False`` the embeddings no later stage reads are dropped, and with
+``keep_artifacts=False`` the pictures (grids, imagined images) no later stage reads. Several
+*groups* (a query set over its own index, such as FashionIQ's three categories) go through each
+stage before the next stage starts, so models load once for all of them.
 
 Example:
     >>> groups = [RunGroup(dress_queries, dress_index), RunGroup(shirt_queries, shirt_index)]
@@ -63,7 +64,8 @@ def execute(
     Args:
         keep_models: keep every model loaded afterwards (interactive use); otherwise each is
             released after the last stage naming it, and all are released if the run fails.
-        keep_artifacts: keep large per-query artifacts (grid images) in the states.
+        keep_artifacts: keep large per-query artifacts (grid images, drawn pictures) in the
+            states once no later stage reads them.
         keep_embeddings: keep embeddings no later stage reads.
     """
     if batch_size < 1:
@@ -88,8 +90,7 @@ def execute(
             if not keep_models:
                 stage.teardown()
                 resources.release_all(k for k, last in last_use.items() if last == position)
-            if not keep_embeddings:
-                _drop_unread_embeddings(states, stages[position + 1 :])
+            _drop_unread(states, stages[position + 1 :], keep_embeddings, keep_artifacts)
     except BaseException:
         if not keep_models:
             for stage in stages:
@@ -132,9 +133,27 @@ def _run_stage(stage: Stage, states: list[QueryState], ctx: Context, batch_size:
         bar.update(len(batch))
 
 
-def _drop_unread_embeddings(groups: list[list[QueryState]], later: Sequence[Stage]) -> None:
-    needed = {f.split(".", 1)[1] for s in later for f in s.reads if f.startswith("embeddings.")}
+def _drop_unread(
+    groups: list[list[QueryState]], later: Sequence[Stage], embeddings: bool, artifacts: bool
+) -> None:
+    """Drop the embeddings (unless ``embeddings``) and pictures (unless ``artifacts``) that no
+    later stage reads."""
+    if embeddings and artifacts:
+        return
+    reads = {f for s in later for f in s.reads}
     for states in groups:
         for state in states:
-            for name in [n for n in state.embeddings if n not in needed]:
-                del state.embeddings[name]
+            if not embeddings:
+                for name in [n for n in state.embeddings if f"embeddings.{n}" not in reads]:
+                    del state.embeddings[name]
+            if not artifacts:
+                for name in [n for n, v in state.data.items() if _is_picture(v)]:
+                    if f"data.{name}" not in reads:
+                        del state.data[name]
+
+
+def _is_picture(value: Any) -> bool:
+    from PIL import Image
+
+    items = value if isinstance(value, list | tuple) else [value]
+    return bool(items) and all(isinstance(v, Image.Image) for v in items)

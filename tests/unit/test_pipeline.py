@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
+import torch
 import yaml
 
 from cir import ConfigError, Query
@@ -16,7 +17,7 @@ from cir.pipeline import (
     load_pipeline,
     parse_override,
 )
-from cir.stages.base import Stage, register_stage, registered_stages, registry_snapshot
+from cir.stages.base import Port, Stage, register_stage, registered_stages, registry_snapshot
 
 
 @dataclass(frozen=True)
@@ -183,3 +184,34 @@ def test_unknown_pipeline_lists_the_shipped_ones(tmp_path):
     bad.write_text("stages: [unclosed")
     with pytest.raises(ConfigError, match="does not parse"):
         load_pipeline(bad)
+
+
+class _Painter(Stage):
+    """Test stage: draws a picture and an embedding per query (for state clean-up)."""
+
+    name = "test_painter"
+    outputs = (Port("data.picture", "data"), Port("embeddings.painted", "vector"))
+
+    def run(self, states, ctx):
+        from PIL import Image
+
+        for state in states:
+            state.data["picture"] = Image.new("RGB", (4, 4))
+            state.data["note"] = "small"
+            state.embeddings["painted"] = torch.ones(3)
+        return states
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_unread_pictures_and_embeddings_are_dropped_when_asked(keep):
+    from cir.execution import RunGroup
+
+    with registry_snapshot():
+        register_stage(_Painter)
+        spec = {"stages": [{"stage": "test_painter"}, {"stage": "test_upper"}]}
+        pipe = Pipeline.from_dict(spec)
+    [states] = pipe.run_groups(
+        [RunGroup([Query("a")])], keep_artifacts=keep, keep_embeddings=keep, progress=False
+    )
+    assert ("picture" in states[0].data) is keep and ("painted" in states[0].embeddings) is keep
+    assert states[0].data["note"] == "small"  # plain values stay
