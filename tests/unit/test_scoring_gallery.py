@@ -109,11 +109,15 @@ def test_chunked_topk_excludes_reference_rows():
     best = (q @ g.T).argmax(dim=1)
     exclude = best.clone()
     exclude[2] = -1
-    _, rows = chunked_topk(lambda s, e, c: dot_scores(q, c), g, k=60, chunk_size=7, exclude=exclude)
+    values, rows = chunked_topk(
+        lambda s, e, c: dot_scores(q, c), g, k=60, chunk_size=7, exclude=exclude
+    )
     assert rows[2, 0].item() == best[2].item()
+    assert sorted(rows[2].tolist()) == list(range(60))
     for i in (0, 1, 3):
-        assert rows[i, 0].item() != best[i].item()
-        assert rows[i, -1].item() == best[i].item()  # scored -inf, ranked last
+        assert best[i].item() not in rows[i].tolist()  # never returned, even with k = N
+        assert rows[i, -1].item() == -1 and values[i, -1].item() == float("-inf")
+        assert sorted(rows[i, :-1].tolist()) == sorted(set(range(60)) - {best[i].item()})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
