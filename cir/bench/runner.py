@@ -76,6 +76,7 @@ def run_benchmark(
     overrides: Sequence[str] = (),
     preset: str | None = None,
     device: str | None = None,
+    compute: str = "auto",
     workers: int = 0,
     progress: bool = True,
 ) -> BenchResult:
@@ -93,7 +94,11 @@ def run_benchmark(
         limit: only the first N queries (the gallery stays whole; no submission is complete).
         overrides / preset: as for ``cir search``; the dataset's preset applies by default.
         workers: DataLoader workers for building an index.
+        compute: the gallery search's compute path (``auto`` or one to force).
     """
+    from cir.index.compute import check_compute
+
+    check_compute(compute)
     ds = get_dataset(
         dataset, data_root, image_root=image_root, text_rule=text_rule,
         **({"categories": categories} if categories else {}),
@@ -114,6 +119,7 @@ def run_benchmark(
             index, info = gallery_index(
                 ds.name, part, encoder, cache_root, device, workers, progress
             )
+            info["compute"] = index.set_compute(compute).describe()
             outcome.indexes[part.name or ds.name] = info
             for states in _run_chunks(pipe, part, index, batch_size, cache, device, progress):
                 outcome.add(states, ds.protocol)

@@ -252,6 +252,7 @@ def resolve_plan(
     machine: Machine | None = None,
     measure: Measure | None = None,
     cache_dir: Path | None = None,
+    recalibrate: bool = False,
 ) -> ComputePlan:
     """The compute plan for ``num_rows`` rows of ``dtype`` and ``dim`` on ``device``.
 
@@ -265,6 +266,7 @@ def resolve_plan(
         measure: the timer (default: real searches; tests give made-up timings).
         cache_dir: where timings are cached (default: ``<cir cache>/compute``; with a
             made-up ``measure``, nothing is cached unless given).
+        recalibrate: time the paths again even when timings are cached.
     """
     machine = machine or this_machine(device)
     if check_compute(compute) != "auto":
@@ -277,7 +279,7 @@ def resolve_plan(
     if cache_dir is None and measure is None:
         cache_dir = default_compute_dir()
     file = cache_dir / f"{machine.key()}-{_dtype_tag(dtype)}-{dim}.json" if cache_dir else None
-    timings = _read_cache(file, paths) if file else None
+    timings = _read_cache(file, paths) if file and not recalibrate else None
     source = "cached"
     if timings is None:
         timings = calibrate(paths, dim, dtype, device, measure)

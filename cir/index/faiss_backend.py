@@ -44,11 +44,10 @@ class RowsSearcher:
 
     On the CPU the rows move into the code buffer of a faiss index (fp16 and bf16 rows are the
     codes of a scalar quantizer of that type, fp32 rows those of a flat index) and :attr:`rows`
-    is a tensor view of that buffer, which the index keeps as its embeddings. faiss computes the
-    products in float32 from the stored values: exact, nothing to rescore.
-
-    On CUDA, faiss's brute-force k-NN reads the rows where they are; the queries are rounded to
-    the rows' type, so the best ``k + margin`` are rescored exactly.
+    is a tensor view of that buffer, which the index keeps as its embeddings. On CUDA, faiss's
+    brute-force k-NN reads the rows where they are, with the queries rounded to the rows' type.
+    Over 2-byte rows faiss's scores are not all exact (its bf16 quantizer rounds), so the best
+    ``k + margin`` are rescored exactly in float32, as on the other 2-byte paths.
 
     Example:
         >>> searcher = RowsSearcher(storage)
@@ -72,26 +71,25 @@ class RowsSearcher:
 
         Restrictions are not supported (the index takes another path for them).
         """
-        n = self.rows.shape[0]
-        if self.index is None:
-            return self._search_gpu(queries, k, masks)
-        wide = min(n, k + masks.most_excluded())
-        scores, pos = self.index.search(queries.detach().float().cpu().contiguous().numpy(), wide)
-        v, p = finish(torch.from_numpy(scores), torch.from_numpy(pos).long(), masks, n)
-        return v[:, :k], p[:, :k]
-
-    def _search_gpu(self, queries: torch.Tensor, k: int, masks: QueryMasks):
         from cir.index.paths import margin, product_topk, rescore
 
-        n = self.rows.shape[0]
-        wide = min(n, k + margin("fp16", k) + masks.most_excluded())
-        if wide > GPU_MAX_K:
-            return product_topk(self.rows, queries, k, masks, "fp16")
-        low = queries.to(self.rows.dtype).contiguous()
-        metric = self.faiss.METRIC_INNER_PRODUCT
-        scores, pos = self.faiss.knn_gpu(self.resources, low, self.rows, wide, metric=metric)
-        _, p = finish(scores.float(), pos.long(), masks, n)
-        return rescore(queries, self.rows, p, k)
+        n, two_bytes = self.rows.shape[0], self.rows.dtype != torch.float32
+        extra = margin("bf16" if self.rows.dtype == torch.bfloat16 else "fp16", k)
+        wide = min(n, k + (extra if two_bytes else 0))
+        asked = min(n, wide + masks.most_excluded())
+        if self.index is not None:
+            q = queries.detach().float().cpu().contiguous().numpy()
+            scores, pos = (torch.from_numpy(a) for a in self.index.search(q, asked))
+        elif asked > GPU_MAX_K:
+            return product_topk(self.rows, queries, k, masks, "fp32")
+        else:
+            low = queries.to(self.rows.dtype).contiguous()
+            metric = self.faiss.METRIC_INNER_PRODUCT
+            scores, pos = self.faiss.knn_gpu(self.resources, low, self.rows, asked, metric=metric)
+        v, p = finish(scores.float(), pos.long(), masks, n)
+        if not two_bytes:
+            return v[:, :k], p[:, :k]
+        return rescore(queries, self.rows, p[:, :wide].to(self.rows.device), k)
 
 
 def _adopt(faiss, storage: torch.Tensor):

@@ -8,7 +8,7 @@ import torch
 
 from cir.errors import DataError, EncoderMismatchError
 from cir.index.checks import check_k, identity_dict
-from cir.index.compute import ComputePlan, check_compute, resolve_plan
+from cir.index.compute import CALIBRATE_FROM, ComputePlan, check_compute, resolve_plan
 from cir.index.paths import generic_topk, product_topk
 from cir.index.search import IdSets, ProductScores, ScoreFn, build_masks
 from cir.types import Ranking
@@ -38,16 +38,29 @@ class SearchMixin:
         Chosen from the hardware's features and a short calibration cached per machine (see
         ``cir.index.compute``), or forced with ``compute=`` / :meth:`set_compute`.
         """
-        key = (self._compute, self._emb.dtype, self.dim, len(self) * self.dim >= 1 << 22)
-        if self._plan is None or self._plan[0] != key:
-            plan = resolve_plan(self._emb.dtype, self.dim, len(self), self._device, self._compute)
-            self._plan = (key, plan)
+        if self._plan is None or self._plan[0] != self._plan_key():
+            self._plan = (self._plan_key(), self._resolve_plan())
         return self._plan[1]
 
-    def set_compute(self, compute: str = "auto") -> ComputePlan:
-        """Force a compute path (``fp32``, ``fp16``, ``bf16``, ``faiss``) or go back to ``auto``."""
+    def set_compute(self, compute: str = "auto", recalibrate: bool = False) -> ComputePlan:
+        """Force a compute path (``fp32``, ``fp16``, ``bf16``, ``faiss``) or go back to ``auto``.
+
+        With ``recalibrate``, ``auto`` times the paths again and updates the machine's cache.
+        """
         self._compute = check_compute(compute)
+        if recalibrate:
+            self._plan = (self._plan_key(), self._resolve_plan(recalibrate=True))
         return self.compute_plan
+
+    def _plan_key(self) -> tuple:
+        large = len(self) * self.dim >= CALIBRATE_FROM
+        return (self._compute, self._emb.dtype, self.dim, self._device, large)
+
+    def _resolve_plan(self, recalibrate: bool = False) -> ComputePlan:
+        n, dtype = len(self), self._emb.dtype
+        return resolve_plan(
+            dtype, self.dim, n, self._device, self._compute, recalibrate=recalibrate
+        )
 
     def topk(
         self,
