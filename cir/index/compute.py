@@ -32,7 +32,7 @@ import torch
 from cir.errors import ConfigError
 
 PATHS = ("fp32", "fp16", "bf16", "faiss")
-PROBES = (1, 16, 256)
+PROBES = (1, 16, 128, 1024)
 """Query batch sizes timed by the calibration; a batch takes the path of the nearest one."""
 CALIBRATE_FROM = 1 << 22
 """Galleries with fewer values (rows x dim) take ``fp32`` without calibrating: any path takes
@@ -59,7 +59,7 @@ SHOWN_FLAGS = (
     "bf16",
     "sve",
 )
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 Measure = Callable[[str, int, int], float]
 """``measure(path, queries, rows) -> seconds`` of one search of ``queries`` over ``rows`` rows."""
@@ -187,7 +187,8 @@ class ComputePlan:
         machine: the machine it was chosen for.
         ranking: per probe of :data:`PROBES`, the paths from fastest to slowest.
         source: ``forced``, ``calibrated``, ``cached`` or ``small gallery``.
-        timings: seconds per query of each path at each probe (when calibrated).
+        timings: per path and probe, seconds per query as ``[fixed, per gallery row]`` (when
+            calibrated); the ranking predicts ``fixed + per_row * rows`` for the gallery.
 
     Example:
         >>> plan = resolve_plan(torch.float16, 512, 100_000, torch.device("cpu"))
@@ -197,7 +198,7 @@ class ComputePlan:
     machine: Machine
     ranking: tuple[tuple[str, ...], ...]
     source: str
-    timings: dict[str, list[float]] | None = None
+    timings: dict[str, list[list[float]]] | None = None
 
     def path_for(self, num_queries: int, avoid: tuple[str, ...] = ()) -> str:
         """The fastest path for a batch of ``num_queries`` queries, other than ``avoid``."""
@@ -286,13 +287,18 @@ def resolve_plan(
         source = "calibrated"
         if file:
             _write_cache(file, machine, dtype, dim, timings)
-    return ComputePlan(machine, rank(timings), source, timings)
+    return ComputePlan(machine, rank(timings, num_rows), source, timings)
 
 
-def rank(timings: dict[str, list[float]]) -> tuple[tuple[str, ...], ...]:
-    """Per probe, the paths from fastest to slowest."""
+def rank(timings: dict[str, list[list[float]]], num_rows: int) -> tuple[tuple[str, ...], ...]:
+    """Per probe, the paths from fastest to slowest for a gallery of ``num_rows`` rows."""
+
+    def predicted(path: str, i: int) -> float:
+        fixed, per_row = timings[path][i]
+        return fixed + per_row * num_rows
+
     return tuple(
-        tuple(sorted(timings, key=lambda p, i=i: timings[p][i])) for i in range(len(PROBES))
+        tuple(sorted(timings, key=lambda p, i=i: predicted(p, i))) for i in range(len(PROBES))
     )
 
 
@@ -302,30 +308,38 @@ def calibrate(
     dtype: torch.dtype,
     device: torch.device,
     measure: Measure | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per query of each path at each probe, over a gallery of ``PROBE_VALUES / dim`` rows.
+) -> dict[str, list[list[float]]]:
+    """Per path and probe, seconds per query as ``[fixed, per gallery row]``.
 
-    Each (path, probe) is timed three times and keeps its best, except a path already 4x slower
-    than the best at that probe, timed once. The largest probe runs on a quarter of the rows.
+    Each path is timed over ``PROBE_VALUES / dim`` rows (half of them for the largest probe)
+    and over a quarter of those: the difference gives the cost of a row, the rest is the cost
+    that does not grow with the gallery (rescoring candidates, building rankings), so the choice
+    holds for galleries much larger than the probe. The paths take turns, round after round
+    (3 rounds up to 16 queries, 2 beyond), and each keeps its best round, so a burst of load
+    from other processes does not favour one of them.
     """
-    rows = max(1024, PROBE_VALUES // dim)
-    measure = measure or SyntheticSearches(rows, dim, dtype, device)
-    timings: dict[str, list[float]] = {p: [] for p in paths}
+    base = max(4096, PROBE_VALUES // dim)
+    measure = measure or SyntheticSearches(base, dim, dtype, device)
+    timings: dict[str, list[list[float]]] = {p: [] for p in paths}
     for q in PROBES:
-        probe_rows = rows if q < PROBES[-1] else max(1024, rows // 4)
-        best = math.inf
-        for path in paths:
-            seconds = measure(path, q, probe_rows)
-            if seconds < 4 * best:
-                seconds = min(seconds, measure(path, q, probe_rows), measure(path, q, probe_rows))
-            best = min(best, seconds)
-            timings[path].append(seconds * rows / probe_rows / q)
+        rows = base if q < PROBES[-1] else base // 2
+        full = {p: math.inf for p in paths}
+        quarter = dict(full)
+        for _ in range(3 if q <= 16 else 2):
+            for p in paths:
+                full[p] = min(full[p], measure(p, q, rows))
+                quarter[p] = min(quarter[p], measure(p, q, rows // 4))
+        for p in paths:
+            per_row = max(0.0, (full[p] - quarter[p]) / (rows - rows // 4))
+            fixed = max(0.0, quarter[p] - per_row * (rows // 4))
+            timings[p].append([fixed / q, per_row / q])
     return timings
 
 
 class SyntheticSearches:
     """Times real searches over a synthetic gallery (CLIP-like: unit rows around a shared
-    direction); the default :data:`Measure`. Each (path, queries, rows) is warmed up once."""
+    direction); the default :data:`Measure`. Each (path, queries) is first warmed up on an
+    eighth of the rows (kernel selection, first-touch allocations)."""
 
     def __init__(self, rows: int, dim: int, dtype: torch.dtype, device: torch.device) -> None:
         g = torch.Generator().manual_seed(0)
@@ -336,22 +350,24 @@ class SyntheticSearches:
         self.gallery = torch.nn.functional.normalize(x, dim=1).to(device, dtype)
         self.queries = torch.nn.functional.normalize(q, dim=1).to(device)
         self.device = device
-        self.searches: dict[tuple[str, int, int], Callable] = {}
+        self.searches: dict[tuple[str, int], Callable] = {}
+        self.warm: set[tuple[str, int]] = set()
 
     def __call__(self, path: str, queries: int, rows: int) -> float:
-        key = (path, queries, rows)
-        if key not in self.searches:
-            self.searches[key] = _path_search(path, self.gallery[:rows])
-            self._run(key)  # warm-up: first-touch allocations and kernel selection
-        return self._run(key)
+        if (path, queries) not in self.warm:
+            self._run(path, queries, max(1, rows // 8))
+            self.warm.add((path, queries))
+        return self._run(path, queries, rows)
 
-    def _run(self, key: tuple[str, int, int]) -> float:
+    def _run(self, path: str, queries: int, rows: int) -> float:
         from cir.index.search import QueryMasks
 
-        q = self.queries[: key[1]]
+        if (path, rows) not in self.searches:
+            self.searches[(path, rows)] = _path_search(path, self.gallery[:rows])
+        q = self.queries[:queries]
         _sync(self.device)
         start = time.perf_counter()
-        self.searches[key](q, QueryMasks.none(len(q)))
+        self.searches[(path, rows)](q, QueryMasks.none(len(q)))
         _sync(self.device)
         return time.perf_counter() - start
 
@@ -395,15 +411,19 @@ def _read_cache(file: Path, paths: tuple[str, ...]) -> dict[str, list[float]] | 
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
-    return {p: [float(t) for t in timings[p]] for p in paths} if ok else None
+    return {p: [[float(t) for t in pair] for pair in timings[p]] for p in paths} if ok else None
 
 
 def _valid_times(values) -> bool:
-    return (
-        isinstance(values, list)
-        and len(values) == len(PROBES)
-        and all(isinstance(t, int | float) and math.isfinite(t) and t > 0 for t in values)
-    )
+    def pair(v) -> bool:
+        return (
+            isinstance(v, list)
+            and len(v) == 2
+            and all(isinstance(t, int | float) and math.isfinite(t) and t >= 0 for t in v)
+            and sum(v) > 0
+        )
+
+    return isinstance(values, list) and len(values) == len(PROBES) and all(map(pair, values))
 
 
 def _write_cache(file: Path, machine: Machine, dtype, dim: int, timings: dict) -> None:

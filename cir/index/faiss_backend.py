@@ -8,9 +8,13 @@ import torch
 
 from cir.errors import ConfigError
 from cir.index.search import QueryMasks
+from cir.index.topk import RunningTopK
 
 _NEG_INF = float("-inf")
 GPU_MAX_K = 2048  # the largest k faiss's GPU selection supports
+SCAN_MAX_QUERIES = 16
+"""Below this many queries faiss scans the codes, decoding in registers; from here on it runs
+BLAS products over chunks of rows converted to float32, with its heaps selecting the top k."""
 
 
 def import_faiss():
@@ -73,10 +77,15 @@ class RowsSearcher:
         """
         from cir.index.paths import margin, product_topk, rescore
 
-        n, two_bytes = self.rows.shape[0], self.rows.dtype != torch.float32
-        extra = margin("bf16" if self.rows.dtype == torch.bfloat16 else "fp16", k)
-        wide = min(n, k + (extra if two_bytes else 0))
-        asked = min(n, wide + masks.most_excluded())
+        n, extra = self.rows.shape[0], masks.most_excluded()
+        if self.index is not None and len(queries) >= SCAN_MAX_QUERIES:  # exact products
+            v, p = finish(*self._blas_search(queries, min(n, k + extra)), masks, n)
+            return v[:, :k], p[:, :k]
+        # the scan and the GPU round: widen, then rescore 2-byte rows exactly
+        two_bytes = self.rows.dtype != torch.float32
+        dtype_path = "bf16" if self.rows.dtype == torch.bfloat16 else "fp16"
+        wide = min(n, k + (margin(dtype_path, k) if two_bytes else 0))
+        asked = min(n, wide + extra)
         if self.index is not None:
             q = queries.detach().float().cpu().contiguous().numpy()
             scores, pos = (torch.from_numpy(a) for a in self.index.search(q, asked))
@@ -90,6 +99,26 @@ class RowsSearcher:
         if not two_bytes:
             return v[:, :k], p[:, :k]
         return rescore(queries, self.rows, p[:, :wide].to(self.rows.device), k)
+
+    def _blas_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """faiss's BLAS k-NN over chunks of the rows converted to float32 in one buffer."""
+        from cir.index.paths import BUFFER_VALUES, RowView
+
+        (n, d), ptr = self.rows.shape, self.faiss.swig_ptr
+        step = max(1024, BUFFER_VALUES // d)
+        view = RowView(self.rows, torch.float32, step)
+        q = queries.detach().float().cpu().contiguous()
+        best = RunningTopK(k)
+        for start in range(0, n, step):
+            chunk = view(start, min(start + step, n))
+            kk = min(k, len(chunk))
+            scores, pos = torch.empty(len(q), kk), torch.empty(len(q), kk, dtype=torch.long)
+            self.faiss.knn_inner_product(
+                ptr(q.numpy()), ptr(chunk.numpy()), d, len(q), len(chunk), kk,
+                ptr(scores.numpy()), ptr(pos.numpy()),
+            )  # fmt: skip
+            best.merge(scores, pos + start)
+        return best.values, best.positions
 
 
 def _adopt(faiss, storage: torch.Tensor):

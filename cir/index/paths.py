@@ -31,10 +31,11 @@ _NEG_INF = float("-inf")
 def margin(path: str, k: int) -> int:
     """Extra candidates rescored on a 2-byte path, beyond ``k``.
 
-    fp16 products round scores to about 2.4e-4 (11 significant bits); bf16 products to about
-    2e-3 (8 bits), which ties many candidates near the k-th score, so bf16 keeps more.
+    fp16 products round scores to about 2.4e-4 (11 significant bits). bf16 products come out
+    centred near each query's k-th score (see :class:`CenteredRows`), but their inputs are
+    rounded to 8 significant bits (errors of about 1e-4 on unit vectors), so bf16 keeps more.
     """
-    return max(64, 2 * k) if path == "bf16" else max(16, k // 2)
+    return max(32, k) if path == "bf16" else max(16, k // 2)
 
 
 def default_chunk_rows(num_queries: int, num_rows: int, dim: int, converts: bool) -> int:
@@ -112,14 +113,56 @@ def product_topk(
     """
     dtype = COMPUTE_DTYPES[path]
     (n, d), q = storage.shape, queries.shape[0]
-    rows = chunk_rows or default_chunk_rows(q, n, d, converts=storage.dtype != dtype)
-    view = RowView(storage, dtype, rows)
-    low = queries.to(dtype)
+    converts = storage.dtype != dtype or path == "bf16"
+    rows = chunk_rows or default_chunk_rows(q, n, d, converts)
+    if path == "bf16":
+        view = CenteredRows(storage, rows)
+        low = torch.cat([queries, -centers(storage, queries, k)[:, None]], 1).to(dtype)
+    else:
+        view, low = RowView(storage, dtype, rows), queries.to(dtype)
     if dtype == torch.float32:
         return chunked_topk(lambda a, b, g: low @ g.T, view, q, n, k, masks, rows)
     wide = min(n, k + margin(path, k))
     _, candidates = chunked_topk(lambda a, b, g: low @ g.T, view, q, n, wide, masks, rows)
     return rescore(queries, storage, candidates, k)
+
+
+SAMPLE_ROWS = 1024
+
+
+def centers(storage: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    """Per query, an estimate of its k-th best score: the score of the same rank (scaled to the
+    sample's size) among ``SAMPLE_ROWS`` rows spread over the gallery, in float32."""
+    n = storage.shape[0]
+    sample = storage[:: max(1, n // SAMPLE_ROWS)][:SAMPLE_ROWS].float()
+    rank = min(len(sample), max(1, round(k * len(sample) / n)))
+    return torch.topk(queries.float() @ sample.T, rank, dim=1).values[:, -1]
+
+
+class CenteredRows:
+    """Rows ``[start, stop)`` as bf16 with an extra column of ones, through reused buffers.
+
+    Multiplied by queries extended with ``-c`` (``c`` near each query's k-th score), the products
+    come out as ``q.x - c``, so bf16's 8 significant bits are spent on the distance to the k-th
+    score rather than on the score itself, where candidates are told apart. On the CPU fp16 rows
+    pass through a float32 buffer: two conversions there beat torch's direct fp16-to-bf16 one.
+    """
+
+    def __init__(self, storage: torch.Tensor, chunk_rows: int) -> None:
+        (n, d), dev = storage.shape, storage.device
+        self.storage, self.dim = storage, d
+        self.buffer = torch.empty((min(chunk_rows, n), d + 1), dtype=torch.bfloat16, device=dev)
+        self.buffer[:, d] = 1
+        staged = storage.dtype == torch.float16 and dev.type == "cpu"
+        self.stage = torch.empty((len(self.buffer), d), device=dev) if staged else None
+
+    def __call__(self, start: int, stop: int) -> torch.Tensor:
+        rows = self.storage[start:stop]
+        if self.stage is not None:
+            rows = self.stage[: stop - start].copy_(rows)
+        out = self.buffer[: stop - start]
+        out[:, : self.dim].copy_(rows)
+        return out
 
 
 def rescore(

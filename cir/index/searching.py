@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -160,11 +161,12 @@ class SearchMixin:
         return torch.nn.functional.normalize(q, dim=1)
 
     def _rankings(self, values: torch.Tensor, positions: torch.Tensor) -> list[Ranking]:
+        """Rankings from driver output; -inf entries (position -1) are not results."""
+        found = (positions >= 0).sum(dim=1).tolist()  # results come first, padding last
+        ids = iter(self._ids.take(positions[positions >= 0].tolist()))
         out = []
-        for v, p in zip(values.float().cpu().tolist(), positions.cpu().tolist(), strict=True):
-            keep = [n for n, s in enumerate(v) if s != float("-inf")]
-            ids = self._ids.take(p[n] for n in keep)
-            out.append(Ranking(tuple(ids), tuple(v[n] for n in keep)))
+        for v, count in zip(values.float().cpu().tolist(), found, strict=True):
+            out.append(Ranking(tuple(itertools.islice(ids, count)), tuple(v[:count])))
         return out
 
     def use_faiss(self, kind: str = "flat", **options: Any) -> SearchMixin:

@@ -16,6 +16,7 @@ from cir.index.compute import (
     candidates,
     check_compute,
     parse_cpuinfo,
+    rank,
     resolve_plan,
     this_machine,
 )
@@ -99,7 +100,7 @@ def _timer(**per_path: tuple[float, float, float]) -> FakeTimer:
 
 def test_each_batch_size_takes_the_fastest_path(monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: True)
-    timer = _timer(fp32=(9, 2, 1), bf16=(3, 1, 0.5), faiss=(2, 4, 8))
+    timer = _timer(fp32=(9, 2, 1, 1), bf16=(3, 1, 0.5, 0.4), faiss=(2, 4, 8, 8))
     plan = resolve_plan(torch.float16, 512, BIG, CPU, machine=EPYC, measure=timer)
     assert plan.source == "calibrated"
     assert [plan.path_for(q) for q in (1, 4, 5, 64, 65, 5000)] == [
@@ -117,7 +118,7 @@ def test_each_batch_size_takes_the_fastest_path(monkeypatch):
 
 def test_a_single_path_is_described_for_every_batch(monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: False)
-    timer = _timer(fp32=(3, 2, 1), fp16=(1, 1, 0.5), bf16=(2, 2, 2))
+    timer = _timer(fp32=(3, 2, 1, 1), fp16=(1, 1, 0.5, 0.5), bf16=(2, 2, 2, 2))
     plan = resolve_plan(torch.float16, 768, BIG, CPU, machine=SAPPHIRE, measure=timer)
     assert plan.describe() == "fp16 for every batch (calibrated)"
     assert {p for p, _, _ in timer.calls} == {"fp32", "fp16", "bf16"}
@@ -125,7 +126,7 @@ def test_a_single_path_is_described_for_every_batch(monkeypatch):
 
 def test_forced_small_and_single_candidate_plans_do_not_calibrate(monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: False)
-    timer = _timer(fp32=(1, 1, 1))
+    timer = _timer(fp32=(1, 1, 1, 1))
     forced = resolve_plan(torch.float16, 512, BIG, CPU, "bf16", machine=OLD, measure=timer)
     assert forced.source == "forced" and forced.path_for(1) == forced.path_for(999) == "bf16"
     small = resolve_plan(torch.float16, 512, 100, CPU, machine=SAPPHIRE, measure=timer)
@@ -135,19 +136,34 @@ def test_forced_small_and_single_candidate_plans_do_not_calibrate(monkeypatch):
     assert timer.calls == []
 
 
-def test_calibration_times_slow_paths_once_and_the_others_three_times():
-    timer = _timer(fp32=(1, 1, 1), faiss=(10, 10, 10), fp16=(2, 2, 2))
+def test_calibration_alternates_paths_and_times_two_gallery_sizes():
+    timer = _timer(fp32=(1, 1, 1, 1), faiss=(10, 10, 10, 10), fp16=(2, 2, 2, 2))
     timings = calibrate(("fp32", "faiss", "fp16"), 512, torch.float16, CPU, timer)
     calls = [p for p, _, _ in timer.calls]
-    assert calls.count("fp32") == calls.count("fp16") == 9 and calls.count("faiss") == 3
-    assert timings["fp32"] == pytest.approx([1, 1, 1])  # per query, per the full probe gallery
-    rows = {r for _, q, r in timer.calls if q == PROBES[-1]}
-    assert rows == {max(1024, (1 << 23) // 512 // 4)}
+    assert calls[:6] == ["fp32", "fp32", "faiss", "faiss", "fp16", "fp16"]  # paths take turns
+    assert calls.count("fp32") == calls.count("faiss") == (3 + 3 + 2 + 2) * 2
+    rows = (1 << 23) // 512
+    assert {r for _, q, r in timer.calls if q < 1024} == {rows, rows // 4}
+    assert {r for _, q, r in timer.calls if q == 1024} == {rows // 2, rows // 8}
+    fixed, per_row = timings["fp32"][0]  # the made-up times have no fixed part
+    assert fixed == pytest.approx(0, abs=1e-12) and per_row * rows == pytest.approx(1)
+
+
+def test_fixed_costs_per_query_matter_less_in_larger_galleries():
+    """Path "fp16" pays a fixed cost per query (rescoring) but multiplies rows twice as fast."""
+
+    def timer(path, queries, rows):
+        return queries * (rows * 2e-6 if path == "fp32" else 0.01 + rows * 1e-6)
+
+    timings = calibrate(("fp32", "fp16"), 512, torch.float16, CPU, timer)
+    assert timings["fp16"][0] == pytest.approx([0.01, 1e-6])
+    assert rank(timings, 5_000)[0] == ("fp32", "fp16")
+    assert rank(timings, 50_000)[0] == ("fp16", "fp32")
 
 
 def test_calibration_is_cached_per_machine_and_rejected_when_malformed(tmp_path, monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: False)
-    timer = _timer(fp32=(3, 2, 1), bf16=(1, 1, 2))
+    timer = _timer(fp32=(3, 2, 1, 1), bf16=(1, 1, 2, 2))
     first = resolve_plan(
         torch.float16, 512, BIG, CPU, machine=EPYC, measure=timer, cache_dir=tmp_path
     )
@@ -163,13 +179,13 @@ def test_calibration_is_cached_per_machine_and_rejected_when_malformed(tmp_path,
         torch.float16, 768, BIG, CPU, machine=EPYC, measure=timer, cache_dir=tmp_path
     )
     assert other.source == "calibrated" and len(list(tmp_path.iterdir())) == 2
-    for bad in ("not json", '{"version": 1, "timings": {"fp32": [1, 2, 3]}}', '{"timings": 3}'):
+    for bad in ("not json", '{"version": 2, "timings": {"fp32": [[1, 2]] * 4}}', '{"timings": 3}'):
         file.write_text(bad)
         plan = resolve_plan(
             torch.float16, 512, BIG, CPU, machine=EPYC, measure=timer, cache_dir=tmp_path
         )
         assert plan.source == "calibrated" and plan.ranking == first.ranking
-    doc["timings"]["bf16"] = [float("nan"), 1, 1]
+    doc["timings"]["bf16"][0] = [float("nan"), 1]
     file.write_text(json.dumps(doc))
     assert (
         resolve_plan(

@@ -144,7 +144,7 @@ def test_rescore_keeps_missing_candidates_missing():
 
 
 def test_margins_and_chunk_sizes_are_bounded():
-    assert margin("fp16", 50) == 25 and margin("fp16", 1) == 16 and margin("bf16", 50) == 100
+    assert margin("fp16", 50) == 25 and margin("fp16", 1) == 16 and margin("bf16", 50) == 50
     assert default_chunk_rows(1, 10**6, 768, converts=False) == 10**6
     assert default_chunk_rows(1, 10**6, 768, converts=True) * 768 <= 1 << 22
     assert default_chunk_rows(1000, 10**6, 768, converts=False) * 1000 <= 1 << 24
