@@ -10,8 +10,9 @@
 - ``faiss``: faiss's exhaustive search over the stored rows (``cir.index.faiss_backend``).
 
 Scratch memory beyond the stored rows, whatever the gallery size: one chunk's score block (at
-most 16 Mi scores: 64 MiB in float32, 32 MiB in 2-byte types), the conversion buffer (at most
-4 Mi values: 16 MiB) and the rescoring block (at most 4 Mi float32 values: 16 MiB).
+most 8 Mi scores: 32 MiB in float32, 16 MiB in 2-byte types) and what the running top-k keeps
+of it, the conversion buffers (at most 4 Mi values: 16 MiB in float32, plus 8 MiB of bf16 on
+the bf16 path) and the rescoring block (at most 4 Mi float32 values: 16 MiB): under 100 MiB.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from cir.index.search import QueryMasks, ScoreFn, chunked_topk
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SCORE_BLOCK = 1 << 24
+SCORE_BLOCK = 1 << 23
 BUFFER_VALUES = 1 << 22
 RESCORE_VALUES = 1 << 22
 

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from cir.errors import ConfigError
 from cir.index import GalleryIndex
 from cir.index.compute import PATHS
 from cir.index.paths import default_chunk_rows, margin, product_topk, rescore
@@ -147,7 +148,7 @@ def test_margins_and_chunk_sizes_are_bounded():
     assert margin("fp16", 50) == 25 and margin("fp16", 1) == 16 and margin("bf16", 50) == 50
     assert default_chunk_rows(1, 10**6, 768, converts=False) == 10**6
     assert default_chunk_rows(1, 10**6, 768, converts=True) * 768 <= 1 << 22
-    assert default_chunk_rows(1000, 10**6, 768, converts=False) * 1000 <= 1 << 24
+    assert default_chunk_rows(1000, 10**6, 768, converts=False) * 1000 <= 1 << 23
     assert default_chunk_rows(10**6, 500, 768, converts=True) == 500
 
 
@@ -170,3 +171,35 @@ def test_cuda_paths_rank_like_the_cpu(path):
     _assert_exact(
         gpu.search(q.cuda(), k=40, exclude=[["r0"]] * 9), _expected(rows, q, 40, [{"r0"}] * 9)
     )
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_many_queries_with_exclusions(path):
+    """From 16 queries on, faiss runs BLAS over converted chunks instead of its scan."""
+    idx, rows = _index("fp16", path, n=2500)
+    q = _queries(20, seed=5)
+    drop = [{f"r{i}" for i in range(j, 2500, 7)} if j % 2 else None for j in range(20)]
+    _assert_exact(idx.search(q, k=15, exclude=drop), _expected(rows, q, 15, drop))
+
+
+def test_saved_index_chooses_at_load_and_can_be_forced(tmp_path):
+    idx, _ = _index("fp16", "auto", n=50)
+    idx.save(tmp_path / "idx")
+    loaded = GalleryIndex.load(tmp_path / "idx", compute="bf16")
+    assert loaded.compute_plan.source == "forced" and loaded.compute_plan.path_for(3) == "bf16"
+    assert loaded.set_compute("auto").source == "small gallery"
+    with pytest.raises(ConfigError, match="valid: auto, fp32"):
+        GalleryIndex.load(tmp_path / "idx", compute="fast")
+
+
+def test_the_dot_rule_scores_are_products_the_index_can_dispatch():
+    from cir.scoring.rules import RuleInputs, make_rule
+
+    class State:
+        def __init__(self) -> None:
+            self.embeddings = {"q": torch.ones(D)}
+
+    score_fn = make_rule("dot").build(RuleInputs([State()], "q", None, lambda i: None))
+    assert isinstance(score_fn, ProductScores)
+    rows = torch.randn(5, D)
+    torch.testing.assert_close(score_fn(0, 5, rows), torch.ones(1, D) @ rows.T)

@@ -131,3 +131,19 @@ def test_fp16_gallery_is_scored_in_float32(dtype):
     assert values.shape == rows.shape == (3, 10)
     out = seize_scores(q, q.flip(0), g.float())
     assert out.shape == (3, 100) and out.dtype == torch.float32
+
+
+def test_chunked_topk_never_returns_nan_or_dropped_rows():
+    g = _unit(40, 8, seed=28)
+    q = _unit(2, 8, seed=29)
+
+    def score(start, stop, chunk):
+        s = q @ chunk.T
+        s[0, :] = float("nan")  # query 0: every score NaN
+        s[1, torch.arange(start, stop) % 2 == 0] = float("-inf")  # query 1: even rows dropped
+        return s
+
+    values, rows = chunked_topk(score, g, k=30, chunk_size=9)
+    assert rows[0].tolist() == [-1] * 30 and torch.isneginf(values[0]).all()
+    assert sorted(rows[1, :20].tolist()) == list(range(1, 40, 2))
+    assert rows[1, 20:].tolist() == [-1] * 10
