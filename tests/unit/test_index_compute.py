@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cir.errors import ConfigError
+from cir.index.calibration import calibrate
 from cir.index.compute import (
     PATHS,
     PROBES,
     Machine,
-    calibrate,
     candidates,
     check_compute,
     parse_cpuinfo,
