@@ -15,8 +15,10 @@ from cir.index.compute import PROBES
 
 PROBE_VALUES = 1 << 23  # rows x dim of the calibration gallery: 16 MiB in 2-byte types
 
-Measure = Callable[[str, int, int], float]
-"""``measure(path, queries, rows) -> seconds`` of one search of ``queries`` over ``rows`` rows."""
+Measure = Callable[[str, int, int, int], float]
+"""``measure(path, queries, rows, k) -> seconds`` of one top-``k`` search of ``queries`` over
+``rows`` rows."""
+K = 50  # results per query the fixed costs are measured for
 
 
 def calibrate(
@@ -28,27 +30,28 @@ def calibrate(
 ) -> dict[str, list[list[float]]]:
     """Per path and probe, seconds per query as ``[fixed, per gallery row]``.
 
-    Each path is timed over ``PROBE_VALUES / dim`` rows (half of them for the largest probe)
-    and over a quarter of those: the difference gives the cost of a row, the rest is the cost
-    that does not grow with the gallery (rescoring candidates, building rankings), so the choice
-    holds for galleries much larger than the probe. The paths take turns, round after round
-    (3 rounds up to 16 queries, 2 beyond), and each keeps its best round, so a burst of load
-    from other processes does not favour one of them.
+    The cost of a row comes from top-1 searches over ``PROBE_VALUES / dim`` rows and over a
+    quarter of them: with k = 1 the running top-k settles after a few rows, as it does for
+    k = 50 in a gallery of millions, so the probe's few thousand rows stand for a large gallery.
+    The rest of a top-50 search over the quarter is the cost that does not grow with the
+    gallery (sorting the first chunk, rescoring candidates). Paths take turns, round after
+    round (3 rounds up to 16 queries, 2 beyond), and each keeps its best round, so a burst of
+    load from other processes does not favour one of them.
     """
     base = max(4096, PROBE_VALUES // dim)
     measure = measure or SyntheticSearches(base, dim, dtype, device)
     timings: dict[str, list[list[float]]] = {p: [] for p in paths}
+    runs = [(base, 1), (base // 4, 1), (base // 4, K)]
     for q in PROBES:
-        rows = base if q < PROBES[-1] else base // 2
-        full = {p: math.inf for p in paths}
-        quarter = dict(full)
+        best = {(p, run): math.inf for p in paths for run in runs}
         for _ in range(3 if q <= 16 else 2):
             for p in paths:
-                full[p] = min(full[p], measure(p, q, rows))
-                quarter[p] = min(quarter[p], measure(p, q, rows // 4))
+                for rows, k in runs:
+                    best[p, (rows, k)] = min(best[p, (rows, k)], measure(p, q, rows, k))
         for p in paths:
-            per_row = max(0.0, (full[p] - quarter[p]) / (rows - rows // 4))
-            fixed = max(0.0, quarter[p] - per_row * (rows // 4))
+            full, quarter, top = (best[p, run] for run in runs)
+            per_row = max(0.0, (full - quarter) / (base - base // 4))
+            fixed = max(0.0, top - per_row * (base // 4))
             timings[p].append([fixed / q, per_row / q])
     return timings
 
@@ -70,13 +73,13 @@ class SyntheticSearches:
         self.searches: dict[tuple[str, int], Callable] = {}
         self.warm: set[tuple[str, int]] = set()
 
-    def __call__(self, path: str, queries: int, rows: int) -> float:
+    def __call__(self, path: str, queries: int, rows: int, k: int) -> float:
         if (path, queries) not in self.warm:
-            self._run(path, queries, max(1, rows // 8))
+            self._run(path, queries, max(1, rows // 8), k)
             self.warm.add((path, queries))
-        return self._run(path, queries, rows)
+        return self._run(path, queries, rows, k)
 
-    def _run(self, path: str, queries: int, rows: int) -> float:
+    def _run(self, path: str, queries: int, rows: int, k: int) -> float:
         from cir.index.search import QueryMasks
 
         if (path, rows) not in self.searches:
@@ -84,7 +87,7 @@ class SyntheticSearches:
         q = self.queries[:queries]
         _sync(self.device)
         start = time.perf_counter()
-        self.searches[(path, rows)](q, QueryMasks.none(len(q)))
+        self.searches[(path, rows)](q, k, QueryMasks.none(len(q)))
         _sync(self.device)
         return time.perf_counter() - start
 
@@ -96,8 +99,8 @@ def _path_search(path: str, gallery: torch.Tensor) -> Callable:
         from cir.index.faiss_backend import RowsSearcher
 
         searcher = RowsSearcher(gallery)
-        return lambda q, masks: searcher.search(q, 50, masks)
-    return lambda q, masks: product_topk(gallery, q, 50, masks, path)
+        return lambda q, k, masks: searcher.search(q, k, masks)
+    return lambda q, k, masks: product_topk(gallery, q, k, masks, path)
 
 
 def _sync(device: torch.device) -> None:
