@@ -8,8 +8,9 @@ The stored rows keep 2 bytes per value; how they are multiplied depends on the m
 - ``faiss``: faiss's exhaustive search over the rows, where faiss is installed;
 - ``fp32``: float32 products over rows converted chunk by chunk, everywhere.
 
-The candidates the features allow are timed on a small synthetic gallery at three batch sizes
-(:data:`PROBES`); each batch size then takes the fastest. The timings are cached per machine (CPU
+The candidates the features allow are timed on a small synthetic gallery at four batch sizes
+(:data:`PROBES`); each batch size then takes the path predicted fastest for the index's size,
+a native 2-byte path winning near-ties (:data:`PREFER_WITHIN`). The timings are cached per machine (CPU
 model and flags, threads, torch and faiss versions), storage type and dimension in the cir cache
 folder, so a machine calibrates once. Any path can be forced (``compute="fp16"``, ``--compute``).
 """
@@ -290,16 +291,25 @@ def resolve_plan(
     return ComputePlan(machine, rank(timings, num_rows), source, timings)
 
 
+PREFER_WITHIN = 1.15
+"""A path earlier in :data:`PATHS` order among the 2-byte ones (fp16, bf16) wins when its
+predicted time is within this factor of the fastest: the calibration gallery sits in the CPU
+caches, which hides part of the cost of reading 4-byte rows (or converting them) from memory."""
+
+
 def rank(timings: dict[str, list[list[float]]], num_rows: int) -> tuple[tuple[str, ...], ...]:
-    """Per probe, the paths from fastest to slowest for a gallery of ``num_rows`` rows."""
-
-    def predicted(path: str, i: int) -> float:
-        fixed, per_row = timings[path][i]
-        return fixed + per_row * num_rows
-
-    return tuple(
-        tuple(sorted(timings, key=lambda p, i=i: predicted(p, i))) for i in range(len(PROBES))
-    )
+    """Per probe, the paths from first choice to last for a gallery of ``num_rows`` rows."""
+    order = []
+    for i in range(len(PROBES)):
+        predicted = {p: t[i][0] + t[i][1] * num_rows for p, t in timings.items()}
+        by_time = sorted(predicted, key=predicted.__getitem__)
+        fastest = predicted[by_time[0]]
+        native = [
+            p for p in ("fp16", "bf16") if predicted.get(p, math.inf) <= fastest * PREFER_WITHIN
+        ]
+        first = native[0] if native else by_time[0]
+        order.append((first, *(p for p in by_time if p != first)))
+    return tuple(order)
 
 
 def default_compute_dir() -> Path:

@@ -198,3 +198,15 @@ def test_unknown_compute_path_names_the_valid_ones():
     assert check_compute("auto") == "auto" and all(check_compute(p) == p for p in PATHS)
     with pytest.raises(ConfigError, match="fp32, fp16, bf16, faiss"):
         check_compute("int8")
+
+
+def test_a_two_byte_path_close_to_the_fastest_is_preferred():
+    timings = {
+        "fp32": [[0.0, 1.0]] * 4,
+        "faiss": [[0.0, 0.9]] * 4,
+        "bf16": [[0.0, 1.0]] * 4,  # within 15% of faiss: preferred
+        "fp16": [[0.0, 1.2]] * 4,  # 33% slower than faiss: not
+    }
+    assert rank(timings, 1000)[0] == ("bf16", "faiss", "fp32", "fp16")
+    timings["bf16"] = [[0.0, 1.1]] * 4
+    assert rank(timings, 1000)[0][0] == "faiss"
