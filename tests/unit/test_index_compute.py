@@ -204,9 +204,11 @@ def test_a_two_byte_path_close_to_the_fastest_is_preferred():
     timings = {
         "fp32": [[0.0, 1.0]] * 4,
         "faiss": [[0.0, 0.9]] * 4,
-        "bf16": [[0.0, 1.0]] * 4,  # within 15% of faiss: preferred
-        "fp16": [[0.0, 1.2]] * 4,  # 33% slower than faiss: not
+        "bf16": [[0.0, 1.1]] * 4,  # within 30% of faiss: preferred
+        "fp16": [[0.0, 1.15]] * 4,  # also, and fp16 comes first
     }
+    assert rank(timings, 1000)[0] == ("fp16", "faiss", "fp32", "bf16")
+    timings["fp16"] = [[0.0, 1.3]] * 4  # 44% slower than faiss
     assert rank(timings, 1000)[0] == ("bf16", "faiss", "fp32", "fp16")
-    timings["bf16"] = [[0.0, 1.1]] * 4
+    timings["bf16"] = [[0.0, 1.2]] * 4
     assert rank(timings, 1000)[0][0] == "faiss"
