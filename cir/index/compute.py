@@ -12,7 +12,8 @@ The candidates the features allow are timed on a small synthetic gallery at four
 (:data:`PROBES`); each batch size then takes the path predicted fastest for the index's size,
 a native 2-byte path winning near-ties (:data:`PREFER_WITHIN`). The timings are cached per
 machine (CPU model and flags, threads, torch and faiss versions), storage type and dimension in
-the cir cache folder, so a machine calibrates once (a few seconds). Any path can be forced (``compute="fp16"``, ``--compute``).
+the cir cache folder, so a machine calibrates once (a few seconds). Any path can be forced
+(``compute="fp16"``, ``--compute``).
 """
 
 from __future__ import annotations
