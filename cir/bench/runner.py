@@ -83,6 +83,7 @@ def run_benchmark(
     overrides: Sequence[str] = (),
     preset: str | None = None,
     device: str | None = None,
+    compute: str = "auto",
     workers: int = 0,
     progress: bool = True,
     resources: Resources | None = None,
@@ -104,12 +105,16 @@ def run_benchmark(
         overrides / preset: as for ``cir search``; by default the presets named after the
             dataset and the backbone apply (``cirr``, ``@ViT-bigG-14``, ``cirr@ViT-bigG-14``).
         workers: DataLoader workers for building an index.
+        compute: the gallery search's compute path (``auto`` or one to force).
         resources: the model cache (its load/release events go into the manifest).
         keep_models: keep every model loaded after the run (several runs in one process);
             by default each is released after the last stage that uses it.
         allow_missing: run on the images present (see ``cir.bench.missing``) instead of
             refusing when one is absent; the counts go into metrics, manifest and report.
     """
+    from cir.index.compute import check_compute
+
+    check_compute(compute)
     ds = get_dataset(
         dataset, data_root, image_root=image_root, text_rule=text_rule,
         **({"categories": categories} if categories else {}),
@@ -135,6 +140,7 @@ def run_benchmark(
         index, info = gallery_index(
             ds.name, part, spec, cache_root, device, workers, progress, resources
         )
+        info["compute"] = index.set_compute(compute).describe()
         outcome.indexes[part.name or ds.name] = info
         groups.append(RunGroup(part.queries, index))
     results = pipe.run_groups(

@@ -17,6 +17,13 @@ preset_option = click.option(
 device_option = click.option(
     "--device", default=None, help="Device for models (cuda, cuda:1, cpu); automatic by default."
 )
+compute_option = click.option(
+    "--compute",
+    default="auto",
+    show_default=True,
+    help="How exact search multiplies: auto (the fastest path of this machine, see "
+    "`cir index info`), or force fp32, fp16, bf16 or faiss.",
+)
 
 
 def cache_options(command):

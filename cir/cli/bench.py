@@ -7,7 +7,13 @@ import json
 import click
 
 from cir.bench import BENCHMARKS
-from cir.cli._common import device_option, format_table, overrides_option, preset_option
+from cir.cli._common import (
+    compute_option,
+    device_option,
+    format_table,
+    overrides_option,
+    preset_option,
+)
 
 dataset_argument = click.argument("dataset", type=click.Choice(BENCHMARKS, case_sensitive=False))
 data_root_option = click.option(
@@ -49,6 +55,7 @@ def bench_group() -> None:
 @overrides_option
 @preset_option
 @device_option
+@compute_option
 @json_option
 def run_command(dataset: str, split: str, as_json: bool, **options) -> None:
     """Run a pipeline on DATASET and write predictions, metrics or submissions, and a report."""

@@ -12,7 +12,7 @@ from types import ModuleType
 
 import click
 
-from cir.cli._common import device_option, overrides_option
+from cir.cli._common import compute_option, device_option, overrides_option
 from cir.errors import ConfigError, DataError
 
 BASIC_PIPELINES = ("clip_fusion", "image_only", "text_only")
@@ -56,6 +56,7 @@ _DEMO_PACKAGE = "cir_demo"
 @click.option("--cache-dir", type=click.Path(), default=None, help="Content cache folder.")
 @click.option("--no-cache", is_flag=True, help="Do not cache captions, LLM answers, embeddings.")
 @device_option
+@compute_option
 def demo_command(
     index_dir: str | None,
     gallery: str | None,
@@ -74,6 +75,7 @@ def demo_command(
     cache_dir: str | None,
     no_cache: bool,
     device: str | None,
+    compute: str,
 ) -> None:
     """Open the demo page: search INDEX (or a --gallery folder) with any pipeline, see every stage.
 
@@ -86,10 +88,14 @@ def demo_command(
     """
     if (index_dir is None) == (gallery is None):
         raise ConfigError("give exactly one of --index DIR (an index) or --gallery FOLDER (images)")
+    from cir.index.compute import check_compute
+
+    check_compute(compute)
     demos = load_demo_package()
     from cir.cache import ContentCache
 
     index = _open_index(index_dir, gallery, model, pretrained, index_out, rebuild, device)
+    index.set_compute(compute)
     offered = _offered_pipelines(pipelines, all_pipelines)
     cache = None if no_cache else ContentCache(cache_dir)
     engine = demos.engine.DemoEngine(index, offered, overrides, cache=cache, device=device)

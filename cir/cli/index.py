@@ -117,13 +117,25 @@ def build_command(
 @index_group.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def info_command(directory: Path, as_json: bool) -> None:
-    """Describe the index in DIRECTORY: size, encoder, storage, skipped files."""
+@click.option("--device", default=None, help="Device searches would run on (default: automatic).")
+@click.option(
+    "--recalibrate",
+    is_flag=True,
+    help="Time the compute paths again on this machine and update its cached choice.",
+)
+def info_command(directory: Path, as_json: bool, device: str | None, recalibrate: bool) -> None:
+    """Describe the index in DIRECTORY: size, encoder, storage, skipped files, and how searches
+    run on this machine (CPU flags, the compute path of each batch size)."""
+    from cir.index import GalleryIndex
     from cir.index.store import read_manifest
 
     manifest = read_manifest(directory)
+    plan = GalleryIndex.load(directory, device=device).set_compute("auto", recalibrate)
+    search = {"machine": plan.machine.to_dict(), "compute": plan.describe()}
+    if plan.timings:
+        search["seconds_per_query"] = plan.timings
     if as_json:
-        click.echo(json.dumps(manifest, indent=2))
+        click.echo(json.dumps({**manifest, "search": search}, indent=2))
         return
     enc = manifest.get("encoder") or {}
     size = sum(manifest.get("sizes", {}).values())
@@ -141,6 +153,9 @@ def info_command(directory: Path, as_json: bool) -> None:
             "created",
             f"{manifest['created'].get('time')} (cir {manifest['created'].get('cir_version')})",
         ],
+        ["search device", f"{plan.machine.device}: {plan.machine.model}"],
+        ["CPU flags", " ".join(plan.machine.shown_flags) or "(none of those that matter)"],
+        ["compute path", plan.describe()],
     ]
     click.echo(format_table(["field", "value"], rows))
 

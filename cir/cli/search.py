@@ -9,6 +9,7 @@ import click
 
 from cir.cli._common import (
     cache_options,
+    compute_option,
     device_option,
     format_table,
     open_cache,
@@ -30,6 +31,7 @@ from cir.types import Query
 @overrides_option
 @preset_option
 @device_option
+@compute_option
 @cache_options
 def search_command(
     index_dir: str,
@@ -42,6 +44,7 @@ def search_command(
     overrides: tuple[str, ...],
     preset: str | None,
     device: str | None,
+    compute: str,
     cache_dir: str | None,
     no_cache: bool,
 ) -> None:
@@ -52,7 +55,7 @@ def search_command(
     if image is not None and not Path(image).is_file():
         raise DataError(f"reference image {image!r} does not exist")
     pipe = load_pipeline(pipeline, overrides, preset)
-    index = GalleryIndex.load(index_dir, device=device)
+    index = GalleryIndex.load(index_dir, device=device, compute=compute)
     query = Query(text, reference=image, reference_id=reference_id, id="query")
     cache = open_cache(cache_dir, no_cache)
     state = pipe.run([query], index, batch_size=1, cache=cache, device=device, progress=False)[0]

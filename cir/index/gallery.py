@@ -8,34 +8,25 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cir.errors import DataError, EncoderMismatchError
+from cir.errors import DataError
 from cir.index import store
 from cir.index.checks import (
     check_ids,
-    check_k,
     identity_dict,
     listing,
     path_strings,
     pick_device,
     prepare,
 )
+from cir.index.compute import ComputePlan, check_compute
 from cir.index.ids import IdTable
-from cir.index.search import (
-    IdSets,
-    ScoreFn,
-    Upcaster,
-    build_masks,
-    chunked_topk,
-    default_chunk_rows,
-    exact_search,
-)
-from cir.types import Ranking
+from cir.index.searching import SearchMixin
 
 if TYPE_CHECKING:
     from cir.models import EncoderIdentity
 
 
-class GalleryIndex:
+class GalleryIndex(SearchMixin):
     """Gallery embeddings (fp16 by default) searchable by exact chunked top-k.
 
     Build one over a folder with :meth:`build`, from precomputed vectors with
@@ -56,8 +47,12 @@ class GalleryIndex:
         paths: list[str] | None = None,
         root: str | Path | None = None,
         device: str | torch.device | None = None,
+        compute: str = "auto",
     ) -> None:
         self._device = pick_device(device)
+        self._compute = check_compute(compute)
+        self._plan: tuple[tuple, ComputePlan] | None = None
+        self._rows_searcher = None  # the faiss compute path's searcher, built on first use
         self._ids = IdTable(ids)
         self._emb = embeddings.to(self._device)
         self._encoder = identity_dict(encoder)
@@ -79,6 +74,7 @@ class GalleryIndex:
         dtype: str = "fp16",
         normalize: bool = True,
         device: str | torch.device | None = None,
+        compute: str = "auto",
     ) -> GalleryIndex:
         """An index over precomputed embeddings.
 
@@ -90,13 +86,15 @@ class GalleryIndex:
             dtype: storage dtype, ``fp16`` (default), ``bf16`` or ``fp32``.
             normalize: L2-normalise the rows.
             device: compute device (default: CUDA when available, else CPU).
+            compute: how searches multiply: ``auto`` (fastest here, see :attr:`compute_plan`)
+                or a path to force, ``fp32``, ``fp16``, ``bf16`` or ``faiss``.
 
         Raises:
             DataError: duplicate or non-string ids, wrong shapes, non-finite values.
         """
         ids = check_ids(ids)
         emb = prepare(embeddings, len(ids), None, dtype, normalize, ids)
-        return cls(ids, emb, encoder, path_strings(paths, len(ids)), None, device)
+        return cls(ids, emb, encoder, path_strings(paths, len(ids)), None, device, compute)
 
     @classmethod
     def build(cls, source: Any, encoder: Any, out: str | Path, **options: Any) -> GalleryIndex:
@@ -107,13 +105,21 @@ class GalleryIndex:
 
     @classmethod
     def load(
-        cls, directory: str | Path, device: str | torch.device | None = None, mmap: bool = True
+        cls,
+        directory: str | Path,
+        device: str | torch.device | None = None,
+        mmap: bool = True,
+        compute: str = "auto",
     ) -> GalleryIndex:
-        """Open a saved index; with ``mmap`` (CPU) the embeddings are read from disk on demand."""
+        """Open a saved index; with ``mmap`` (CPU) the embeddings are read from disk on demand.
+
+        The compute path of searches is chosen here (``compute``, see :meth:`from_embeddings`).
+        """
         _, s = store.load(directory, mmap=mmap)
-        idx = cls(s.ids, s.embeddings, s.encoder, s.paths, s.root, device)
+        idx = cls(s.ids, s.embeddings, s.encoder, s.paths, s.root, device, compute)
         idx._sidecars = {n: (t.to(idx._device), m, r) for n, (t, m, r) in s.sidecars.items()}
         idx.skipped, idx.created = s.skipped, s.created
+        _ = idx.compute_plan
         return idx
 
     def save(self, directory: str | Path) -> Path:
@@ -236,6 +242,7 @@ class GalleryIndex:
             self._sidecars[name] = (torch.cat([t, rows.to(t)]), meta, merged)
         self._ids = IdTable(self._ids.tolist() + ids)
         self.faiss = None
+        self._rows_searcher = None
 
     def _sidecar_rows(self, given: dict, n: int) -> dict[str, tuple[torch.Tensor, dict]]:
         missing = sorted(set(self._sidecars) - set(given))
@@ -279,6 +286,7 @@ class GalleryIndex:
             kept = {k: [v[p] for p in keep_list] for k, v in rows.items()}
             self._sidecars[name] = (t[keep.to(t.device)], meta, kept)
         self.faiss = None
+        self._rows_searcher = None
 
     # ----------------------------------------------------------------- sidecars
     def set_sidecar(
@@ -317,112 +325,3 @@ class GalleryIndex:
     @property
     def sidecars(self) -> list[str]:
         return sorted(self._sidecars)
-
-    # ----------------------------------------------------------------- search
-    def check_encoder(self, encoder: Any, allow_mismatch: bool = False) -> None:
-        """Refuse embeddings made by another encoder than the index's (unless allowed)."""
-        if encoder is None or self._encoder is None or allow_mismatch:
-            return
-        key = encoder if isinstance(encoder, str) else identity_dict(encoder)["key"]
-        if key != self._encoder["key"]:
-            raise EncoderMismatchError(
-                f"the queries were encoded with {key!r} but the index was built with "
-                f"{self._encoder['key']!r}; use the index's model for the queries, rebuild "
-                "the index with the query model, or pass allow_mismatch=True"
-            )
-
-    def topk(
-        self,
-        score_fn: ScoreFn,
-        num_queries: int,
-        k: int = 50,
-        exclude: IdSets = None,
-        restrict: IdSets = None,
-        chunk_rows: int | None = None,
-    ) -> list[Ranking]:
-        """Rank the gallery with any scoring rule, chunk by chunk, keeping the top ``k``.
-
-        Args:
-            score_fn: ``score_fn(start, stop, gallery_chunk) -> Tensor(num_queries, stop-start)``;
-                ``gallery_chunk`` is rows ``[start, stop)`` of the embeddings as float32 on
-                :attr:`device`; use the bounds to slice sidecars. Return -inf to drop an entry.
-            num_queries: Q.
-            k: entries per ranking (all candidates when fewer).
-            exclude: per query, ids to leave out (or None).
-            restrict: per query, the only ids to rank (or None for the whole gallery).
-            chunk_rows: rows per chunk (default depends on Q).
-
-        Example:
-            >>> idx.topk(lambda a, b, g: q @ g.T, num_queries=len(q), k=10)
-        """
-        check_k(k)
-        masks = build_masks(num_queries, exclude, restrict, self._ids)
-        upcast = self._emb.dtype != torch.float32
-        rows = chunk_rows or default_chunk_rows(num_queries, len(self), self.dim, upcast)
-        view = Upcaster(self._emb, rows)
-        v, p = chunked_topk(score_fn, view, num_queries, len(self), k, masks, rows)
-        return self._rankings(v, p)
-
-    def search(
-        self,
-        queries: torch.Tensor,
-        k: int = 50,
-        exclude: IdSets = None,
-        restrict: IdSets = None,
-        encoder: Any = None,
-        allow_mismatch: bool = False,
-    ) -> list[Ranking]:
-        """Rank the gallery by cosine similarity to each query (exact, or faiss when enabled).
-
-        Args:
-            queries: (Q, D) or (D,) embeddings (normalised here).
-            k: entries per ranking (all candidates when fewer).
-            exclude: per query, ids to leave out (CIRR drops the reference image).
-            restrict: per query, the only ids to rank (CIRR's subset recall).
-            encoder: identity (or key) of the encoder that made ``queries``.
-            allow_mismatch: search even when ``encoder`` differs from the index's.
-
-        Raises:
-            EncoderMismatchError: ``encoder`` is not the index's encoder.
-        """
-        self.check_encoder(encoder, allow_mismatch)
-        q = self._queries(queries)
-        check_k(k)
-        if self.faiss is not None and restrict is None:
-            v, p = self.faiss.search(q, k, build_masks(len(q), exclude, None, self._ids))
-            return self._rankings(v, p)
-        if len(self) == 0:
-            return [Ranking((), ()) for _ in range(len(q))]
-        masks = build_masks(len(q), exclude, restrict, self._ids)
-        v, p = exact_search(self._emb, q, k, masks)
-        return self._rankings(v, p)
-
-    def _queries(self, queries: torch.Tensor) -> torch.Tensor:
-        if not isinstance(queries, torch.Tensor):
-            raise DataError(f"queries must be a tensor (Q, {self.dim}), got {type(queries)}")
-        q = queries.unsqueeze(0) if queries.ndim == 1 else queries
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise EncoderMismatchError(
-                f"queries have shape {tuple(queries.shape)} but the index holds {self.dim}-d "
-                f"embeddings (encoder {self.encoder_key!r}); encode queries with the same model"
-            )
-        q = q.detach().to(self._device, torch.float32)
-        return torch.nn.functional.normalize(q, dim=1)
-
-    def _rankings(self, values: torch.Tensor, positions: torch.Tensor) -> list[Ranking]:
-        out = []
-        for v, p in zip(values.float().cpu().tolist(), positions.cpu().tolist(), strict=True):
-            keep = [n for n, s in enumerate(v) if s != float("-inf")]
-            ids = self._ids.take(p[n] for n in keep)
-            out.append(Ranking(tuple(ids), tuple(v[n] for n in keep)))
-        return out
-
-    def use_faiss(self, kind: str = "flat", **options: Any) -> GalleryIndex:
-        """Search through faiss (``flat`` exact, or ``ivf`` approximate); returns self.
-
-        Searches with ``restrict`` still use the exact search; add/remove drop the faiss index.
-        """
-        from cir.index.faiss_backend import FaissSearcher
-
-        self.faiss = FaissSearcher(self._emb, kind, **options)
-        return self

@@ -67,8 +67,10 @@ class IdTable:
 
     def take(self, positions: Iterable[int]) -> list[str]:
         """The ids at ``positions``."""
-        text, offsets = self._blob, self._offsets
-        return [text[offsets[p] : offsets[p + 1]].decode() for p in positions]
+        where = np.fromiter(positions, dtype=np.int64)
+        starts, stops = self._offsets[where].tolist(), self._offsets[where + 1].tolist()
+        text = self._blob
+        return [text[a:b].decode() for a, b in zip(starts, stops, strict=True)]
 
     def nbytes(self) -> int:
         return len(self._blob) + self._offsets.nbytes + self._order.nbytes + self._hashes.nbytes

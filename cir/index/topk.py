@@ -51,7 +51,7 @@ class RunningTopK:
         v, i = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
         if bool(torch.isnan(v).any()):  # topk ranks NaN first
             v, i = torch.topk(scores.masked_fill(scores.isnan(), _NEG_INF), v.shape[1], dim=1)
-        self._keep(v, i + start)
+        self.merge(v, i + start)
 
     def _merge_pairs(self, scores: torch.Tensor, q: torch.Tensor, c: torch.Tensor, start: int):
         """Merge (query, column) pairs, sorted by query, into the running top-k."""
@@ -62,9 +62,10 @@ class RunningTopK:
         pad_i = torch.zeros((scores.shape[0], most), dtype=torch.long, device=q.device)
         pad_v[q, rank] = scores[q, c]
         pad_i[q, rank] = c + start
-        self._keep(pad_v, pad_i)
+        self.merge(pad_v, pad_i)
 
-    def _keep(self, v: torch.Tensor, i: torch.Tensor) -> None:
+    def merge(self, v: torch.Tensor, i: torch.Tensor) -> None:
+        """Merge ready candidates: scores ``v`` (Q, m) at gallery positions ``i`` (Q, m)."""
         if self.values is not None:
             v = torch.cat([self.values, v.to(self.values.dtype)], 1)
             i = torch.cat([self.positions, i], 1)

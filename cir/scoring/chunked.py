@@ -1,17 +1,19 @@
-"""Chunked drivers: walk a gallery matrix chunk by chunk so memory follows the chunk size.
+"""Chunked drivers over a plain gallery tensor, so memory follows the chunk size.
 
-``GalleryIndex.topk`` does the same over an index; these work on a plain tensor (tests,
-benchmarks, and users with their own embeddings). A ``score_fn(start, stop, chunk)`` receives
-the float32 rows ``[start, stop)`` on the compute device and returns (Q, stop - start) scores.
+For tests, benchmarks and users with their own embeddings; ``GalleryIndex.topk`` does the same
+over an index, and both run the one top-k driver of ``cir.index.search``. A
+``score_fn(start, stop, chunk)`` receives the float32 rows ``[start, stop)`` on the compute
+device and returns (Q, stop - start) scores.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
-ScoreFn = Callable[[int, int, torch.Tensor], torch.Tensor]
+from cir.index.search import QueryMasks, ScoreFn
+from cir.index.search import chunked_topk as index_chunked_topk
 
 #: Gallery rows per chunk by default: 64k rows x 768 dims x 4 bytes is 200 MB.
 DEFAULT_CHUNK = 65536
@@ -39,6 +41,10 @@ def chunked_topk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` gallery rows per query under ``score_fn``, one chunk at a time.
 
+    A thin call into the driver behind ``GalleryIndex.search`` and ``GalleryIndex.topk``
+    (:func:`cir.index.search.chunked_topk`), with the same semantics: excluded rows, rows scored
+    -inf and NaN scores are never returned; missing results are padded with score -inf at row -1.
+
     Args:
         score_fn: ``(start, stop, chunk) -> (Q, stop - start)`` scores.
         gallery: (N, D) embeddings, any float dtype, any device.
@@ -49,27 +55,23 @@ def chunked_topk(
 
     Returns:
         ``(scores, rows)``, both (Q, min(k, N)), best first.
+
+    Raises:
+        ValueError: an empty gallery, ``chunk_size`` < 1, or scores of the wrong shape.
     """
-    best_scores = best_rows = None
-    for start, stop, chunk in iter_chunks(gallery, chunk_size, device):
-        scores = score_fn(start, stop, chunk)
-        if exclude is not None:
-            local = exclude.to(scores.device) - start
-            hit = (local >= 0) & (local < stop - start)
-            rows = torch.nonzero(hit).squeeze(1)
-            scores[rows, local[rows]] = -torch.inf
-        top = scores.topk(min(k, scores.shape[1]), dim=1)
-        rows = top.indices + start
-        if best_scores is None:
-            best_scores, best_rows = top.values, rows
-            continue
-        merged = torch.cat([best_scores, top.values], dim=1)
-        keep = merged.topk(min(k, merged.shape[1]), dim=1)
-        best_scores = keep.values
-        best_rows = torch.cat([best_rows, rows], dim=1).gather(1, keep.indices)
-    if best_scores is None:
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if gallery.shape[0] == 0:
         raise ValueError("the gallery is empty")
-    return best_scores, best_rows
+    device = torch.device(device) if device is not None else gallery.device
+    masks = QueryMasks.none() if exclude is None else QueryMasks.from_rows(exclude)
+    num_queries = None if exclude is None else masks.num_queries
+
+    def view(start: int, stop: int) -> torch.Tensor:
+        return gallery[start:stop].to(device=device, dtype=torch.float32)
+
+    n = gallery.shape[0]
+    return index_chunked_topk(score_fn, view, num_queries, n, k, masks, chunk_size)
 
 
 def chunked_scores(

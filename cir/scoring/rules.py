@@ -19,11 +19,12 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from cir.errors import ConfigError, DataError
+from cir.index.search import ProductScores
 from cir.params import build_params
 from cir.scoring.basic import basic_scores
 from cir.scoring.chunked import ScoreFn
 from cir.scoring.fusion import weimocir_query
-from cir.scoring.gallery import dot_scores, seize_scores, set_positions, weimocir_scores
+from cir.scoring.gallery import seize_scores, set_positions, weimocir_scores
 
 
 @dataclass
@@ -107,8 +108,7 @@ class DotRule(GalleryRule):
     Params = NoRuleParams
 
     def build(self, inputs: RuleInputs) -> ScoreFn:
-        q = inputs.stacked(inputs.query)
-        return lambda start, stop, chunk: dot_scores(q, chunk)
+        return ProductScores(inputs.stacked(inputs.query))  # any compute path of the index
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
@@ -54,8 +55,36 @@ def test_build_then_info(tmp_path, tiny_clip):
     assert info.exit_code == 0
     assert "images          5" in info.output and "local-dir" in info.output
     assert "skipped files   1" in info.output
+    assert "compute path    fp32 for every batch (small gallery)" in info.output
+    assert "CPU flags" in info.output and "search device   cpu: " in info.output
     manifest = json.loads(_run("index", "info", str(out), "--json").output)
     assert manifest["count"] == 5 and manifest["dtype"] == "fp16"
+    assert manifest["search"]["machine"]["device"] == "cpu"
+
+
+def test_info_calibrates_once_per_machine_and_recalibrates_on_request(tmp_path, monkeypatch):
+    """A gallery large enough to calibrate: real timings, cached in the cir cache folder."""
+    monkeypatch.setenv("CIR_CACHE_DIR", str(tmp_path / "cache"))
+    rows = torch.nn.functional.normalize(torch.randn(9000, 512), dim=1)
+    GalleryIndex.from_embeddings([f"i{n}" for n in range(9000)], rows).save(tmp_path / "idx")
+    first = json.loads(_run("index", "info", str(tmp_path / "idx"), "--json").output)["search"]
+    assert first["compute"].endswith("(calibrated)") or first["compute"].endswith("candidate)")
+    if first["compute"].endswith("(calibrated)"):
+        (cached,) = (tmp_path / "cache" / "compute").iterdir()
+        timings = json.loads(cached.read_text())["timings"]
+        assert set(timings) == set(first["seconds_per_query"]) and "fp32" in timings
+        again = _run("index", "info", str(tmp_path / "idx"))
+        assert "(cached)" in again.output
+        redo = _run("index", "info", str(tmp_path / "idx"), "--recalibrate")
+        assert "(calibrated)" in redo.output
+
+
+def test_unknown_compute_path_is_a_one_line_error(tmp_path):
+    GalleryIndex.from_embeddings(["a", "b"], torch.randn(2, 8)).save(tmp_path / "idx")
+    args = ["search", "--text", "red", "--index", str(tmp_path / "idx"), "--compute", "int8"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert "unknown compute path 'int8'; valid: auto, fp32, fp16, bf16, faiss" in res.output
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,6 @@ import torch
 
 from cir.errors import DataError, EncoderMismatchError
 from cir.index import GalleryIndex
-from cir.index.search import native_products
 
 N, D = 700, 48
 
@@ -184,12 +183,6 @@ def test_bad_k_is_refused(k):
         idx.search(_queries(1), k=k)
 
 
-def test_native_products_is_decided_per_dtype():
-    cpu = torch.device("cpu")
-    assert native_products(torch.float32, cpu)
-    assert isinstance(native_products(torch.float16, cpu), bool)
-
-
 def test_faiss_flat_matches_exact_search_with_exclusions():
     pytest.importorskip("faiss")
     idx, _ = _gallery("fp32")
@@ -227,20 +220,3 @@ def test_identical_rows_never_give_duplicate_ids():
     idx = GalleryIndex.from_embeddings([f"d{i}" for i in range(300)], x)
     for r in idx.search(_queries(3), k=120) + idx.topk(lambda a, b, g: g[:3] @ g.T, 3, k=120):
         assert len(r) == 120 and len(set(r.ids)) == 120
-
-
-@pytest.mark.parametrize("mode", ["native", "upcast", "auto"])
-@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
-def test_both_exact_paths_rank_by_exact_scores_of_stored_rows(mode, dtype):
-    from cir.index.search import build_masks, exact_search
-
-    idx, x = _gallery(dtype, n=3000)
-    q = _queries(3)
-    drop = [None, {"img0007", "img0100"}, None]
-    masks = build_masks(3, drop, None, {i: n for n, i in enumerate(idx.ids)})
-    v, p = exact_search(idx.embeddings, q, 30, masks, mode=mode)
-    got = [
-        type(r)(tuple(idx.ids[j] for j in pos), tuple(val))
-        for r, pos, val in zip(idx.search(q, k=1), p.tolist(), v.tolist(), strict=True)
-    ]
-    _assert_matches(got, _brute(x, idx.ids, q, 30, drop), tol=1e-5)

@@ -109,11 +109,15 @@ def test_chunked_topk_excludes_reference_rows():
     best = (q @ g.T).argmax(dim=1)
     exclude = best.clone()
     exclude[2] = -1
-    _, rows = chunked_topk(lambda s, e, c: dot_scores(q, c), g, k=60, chunk_size=7, exclude=exclude)
+    values, rows = chunked_topk(
+        lambda s, e, c: dot_scores(q, c), g, k=60, chunk_size=7, exclude=exclude
+    )
     assert rows[2, 0].item() == best[2].item()
+    assert sorted(rows[2].tolist()) == list(range(60))
     for i in (0, 1, 3):
-        assert rows[i, 0].item() != best[i].item()
-        assert rows[i, -1].item() == best[i].item()  # scored -inf, ranked last
+        assert best[i].item() not in rows[i].tolist()  # never returned, even with k = N
+        assert rows[i, -1].item() == -1 and values[i, -1].item() == float("-inf")
+        assert sorted(rows[i, :-1].tolist()) == sorted(set(range(60)) - {best[i].item()})
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
@@ -127,3 +131,19 @@ def test_fp16_gallery_is_scored_in_float32(dtype):
     assert values.shape == rows.shape == (3, 10)
     out = seize_scores(q, q.flip(0), g.float())
     assert out.shape == (3, 100) and out.dtype == torch.float32
+
+
+def test_chunked_topk_never_returns_nan_or_dropped_rows():
+    g = _unit(40, 8, seed=28)
+    q = _unit(2, 8, seed=29)
+
+    def score(start, stop, chunk):
+        s = q @ chunk.T
+        s[0, :] = float("nan")  # query 0: every score NaN
+        s[1, torch.arange(start, stop) % 2 == 0] = float("-inf")  # query 1: even rows dropped
+        return s
+
+    values, rows = chunked_topk(score, g, k=30, chunk_size=9)
+    assert rows[0].tolist() == [-1] * 30 and torch.isneginf(values[0]).all()
+    assert sorted(rows[1, :20].tolist()) == list(range(1, 40, 2))
+    assert rows[1, 20:].tolist() == [-1] * 10
