@@ -155,15 +155,16 @@ class Basic(Stage):
         return states
 
     def _expand(self, centred: torch.Tensor, projected: torch.Tensor, ctx: Context):
+        from cir.index import ProductScores
+
         index, prep = ctx.index, self.state
-        mean = prep["image_mean"].to(index.device)
         q = projected.to(index.device)
-        rankings = index.topk(
-            lambda a, b, g: q @ (g - mean).T, len(q), k=self.params.expansion_size
-        )
+        # q.(g - mean) = q.g - q.mean: the ranking of plain products, shifted per query
+        rankings = index.topk(ProductScores(q), len(q), k=self.params.expansion_size)
         rows = torch.tensor([[index.position(i) for i in r.ids] for r in rankings])
         neighbours = index.embeddings[rows.to(index.device)].float().cpu() - prep["image_mean"]
         sims = torch.tensor([list(r.scores) for r in rankings], dtype=torch.float32)
+        sims -= (projected.float().cpu() @ prep["image_mean"]).unsqueeze(1)
         return expand_query(
             centred, neighbours, sims, prep["projection"], self.params.expansion_weight
         )

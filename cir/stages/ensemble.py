@@ -119,13 +119,16 @@ class Ensemble(Stage):
 
         All slots of all queries are scored in one chunked pass over the gallery.
         """
+        from cir.index import ProductScores
+
         index = ctx.require_index(self.instance)
         diff = torch.cat([c - e for e, c in zip(edits, caps, strict=True)]).to(index.device)
-        rankings = index.topk(
-            lambda a, b, g: (diff @ g.T).clamp_(min=0),
+        rankings = index.topk(  # products on the index's fastest path; max(0, .) is monotone
+            ProductScores(diff),
             diff.shape[0],
             k=self.params.topk,
             chunk_rows=self.params.chunk_rows,
         )
         values = torch.tensor([list(r.scores) for r in rankings], dtype=torch.float32)
+        values = values.clamp_(min=0)
         return list(values.split([e.shape[0] for e in edits]))
