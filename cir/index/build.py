@@ -13,9 +13,10 @@ listed in ``idx.skipped`` / ``<out>/skipped.json``; the build never aborts on on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,11 @@ from tqdm.auto import tqdm
 from cir.errors import DataError
 from cir.images import IMAGE_EXTENSIONS, load_image
 from cir.index import store
+from cir.index.folder import BUILD_DIR, FolderLock, claim
 from cir.index.gallery import GalleryIndex
 
-BUILD_DIR = "build"
 STATE = "state.json"
+_WORK_FILE = re.compile(r"^\.?(state\.json|shard-\d{5}\.(json|safetensors))(\.tmp-\d+)?$")
 
 
 class BuildInterrupted(RuntimeError):
@@ -151,8 +153,16 @@ def build_index(
         encoder = load_encoder(encoder, device=device)
     if batch_size < 1 or num_workers < 0 or shard_size < 1:
         raise DataError("batch_size and shard_size must be >= 1 and num_workers >= 0")
+    options = (batch_size, num_workers, shard_size, max_pixels, progress, interrupt_after_shards)
     root, items = scan(source)
     folder = Path(out)
+    with FolderLock(folder, wait=0, what="build"):
+        claim(folder)
+        return _build(folder, root, items, encoder, resume, dtype, options)
+
+
+def _build(folder, root, items, encoder, resume, dtype, options) -> GalleryIndex:
+    batch_size, num_workers, shard_size, max_pixels, progress, interrupt_after_shards = options
     work = folder / BUILD_DIR
     done, skipped = _start(work, encoder, resume)
     todo = [it for it in items if it.path not in done and it.path not in skipped]
@@ -190,39 +200,76 @@ def _start(work: Path, encoder: Any, resume: bool) -> tuple[dict, dict]:
     identity = {**encoder.identity.to_dict(), "key": encoder.identity.key}
     state_path = work / STATE
     if resume and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        if state["encoder"]["key"] != identity["key"] or state["encoder"].get(
+        previous = _read_state(state_path)
+        if previous.get("key") != identity["key"] or previous.get("preprocessing") != identity.get(
             "preprocessing"
-        ) != identity.get("preprocessing"):
+        ):
             raise DataError(
-                f"{work.parent} holds an unfinished build made with {state['encoder']['key']!r} "
-                f"({state['encoder'].get('preprocessing')}), not {identity['key']!r} "
+                f"{work.parent} holds an unfinished build made with {previous.get('key')!r} "
+                f"({previous.get('preprocessing')}), not {identity['key']!r} "
                 f"({identity.get('preprocessing')}); use the same model, another --out, "
                 "or --no-resume to start over"
             )
         return _read_shards(work)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    clear_work(work)
+    work.mkdir(parents=True, exist_ok=True)
     store.write_json(state_path, {"encoder": identity})
     return {}, {}
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+        encoder = state["encoder"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        encoder = None
+    if not isinstance(encoder, dict):
+        raise DataError(
+            f"{path} (the state of an unfinished build) is damaged; "
+            "start the build over with --no-resume (resume=False)"
+        )
+    return encoder
+
+
+def clear_work(work: Path) -> None:
+    """Delete the files a build writes into ``work`` (and ``work`` if nothing else is left)."""
+    if not work.is_dir():
+        return
+    for path in work.iterdir():
+        if _WORK_FILE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        work.rmdir()
+
+
 def _read_shards(work: Path) -> tuple[dict, dict]:
+    """Rows and skips of the complete shards in ``work``; a damaged shard is encoded again."""
     done: dict[str, tuple[Item, torch.Tensor]] = {}
     skipped: dict[str, tuple[Item, str]] = {}
     for meta_path in sorted(work.glob("shard-*.json")):
-        meta = json.loads(meta_path.read_text())
-        rows = store._load_tensors(work / meta["tensors"], mmap=True)["embeddings"]
-        for n, entry in enumerate(meta["rows"]):
-            item = Item(**entry)
+        try:
+            rows, entries, skips = _read_shard(work, meta_path)
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, DataError):
+            continue
+        for n, item in enumerate(entries):
             if _unchanged(item):
                 done[item.path] = (item, rows[n])
-        for entry in meta["skipped"]:
-            item = Item(**entry["item"])
+        for item, reason in skips:
             if _unchanged(item):
-                skipped[item.path] = (item, entry["reason"])
+                skipped[item.path] = (item, reason)
     return done, skipped
+
+
+def _read_shard(work: Path, meta_path: Path):
+    meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    if not _WORK_FILE.match(meta["tensors"]):
+        raise ValueError(f"shard names tensor file {meta['tensors']!r}")
+    rows = store._load_tensors(work / meta["tensors"], mmap=True)["embeddings"]
+    entries = [Item(**entry) for entry in meta["rows"]]
+    skips = [(Item(**entry["item"]), str(entry["reason"])) for entry in meta["skipped"]]
+    if len(entries) != len(rows):
+        raise ValueError("shard rows and tensor rows differ")
+    return rows, entries, skips
 
 
 def _unchanged(item: Item) -> bool:
@@ -288,5 +335,5 @@ def _finish(folder: Path, root: Path, items: list[Item], encoder: Any, dtype: st
     )
     idx.skipped = report
     idx.save(folder)
-    shutil.rmtree(work, ignore_errors=True)
+    clear_work(work)
     return GalleryIndex.load(folder)
