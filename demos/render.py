@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from html import escape
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -15,7 +14,7 @@ from PIL import Image, ImageDraw
 from cir.types import QueryState, StageRecord
 
 from .engine import Outcome
-from .safety import gallery_image, redact_config
+from .safety import gallery_tile, redact_config
 
 MAX_LISTED = 5
 _PLACEHOLDER_SIDE = 160
@@ -24,7 +23,7 @@ _HIDDEN_NOTES = {"weights", "parse_errors"}
 
 
 # ---------------------------------------------------------------------- result grid
-def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Path | Image.Image, str]]:
+def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Image.Image, str]]:
     """(image, caption) pairs for the result grid: ``"#1 · 0.812 · id"``; a re-ranked tile
     says how far it moved (``"#1 ▲2 · 0.812 · id"``)."""
     if state is None or state.ranking is None:
@@ -37,7 +36,7 @@ def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Path | Imag
         before = moved.get(gid, rank)
         move = f" {'▲' if before > rank else '▼'}{abs(before - rank)}" if before != rank else ""
         caption = f"#{rank}{move} · {score:.3f} · {gid}"
-        tiles.append((gallery_image(index, gid) or placeholder(gid), caption))
+        tiles.append((gallery_tile(index, gid) or placeholder(gid), caption))
     return tiles
 
 
