@@ -63,7 +63,7 @@ def default_cache_dir() -> Path:
 def make_key(parts: Mapping[str, Any]) -> str:
     """The sha256 of the canonical JSON of ``parts`` (key order does not matter)."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def model_revision(name: str) -> str | None:

@@ -199,7 +199,8 @@ def _index_gallery(folder, model, pretrained, index_out, rebuild, device):
 def _default_index_dir(folder: Path, model: str, pretrained: str | None) -> Path:
     from cir.cache import default_cache_dir
 
-    digest = hashlib.sha1(f"{folder.resolve()}|{model}|{pretrained}".encode()).hexdigest()[:12]
+    text = f"{folder.resolve()}|{model}|{pretrained}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha1(text).hexdigest()[:12]
     return default_cache_dir() / "demo-indexes" / f"{folder.resolve().name}-{digest}"
 
 

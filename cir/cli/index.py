@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cir.cli._common import format_table
+from cir.index.ids import printable
 
 
 @click.group("index")
@@ -109,7 +110,7 @@ def build_command(
     if idx.skipped:
         click.echo(f"skipped {len(idx.skipped)} unreadable file(s) (listed in {out}/skipped.json):")
         for entry in idx.skipped[:10]:
-            click.echo(f"  {entry['path']}: {entry['reason']}")
+            click.echo(f"  {printable(entry['path'])}: {entry['reason']}")
         if len(idx.skipped) > 10:
             click.echo(f"  ... and {len(idx.skipped) - 10} more")
 

@@ -90,7 +90,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=1, ensure_ascii=False).encode())
+    """Write ``value`` as JSON (UTF-8; ASCII escapes when it holds undecodable file names)."""
+    text = json.dumps(value, indent=1, ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: \udcXX escapes read back as the same text
+        data = json.dumps(value, indent=1).encode("ascii")
+    write_atomic(path, data)
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -283,8 +289,8 @@ def _load_tensors(path: Path, mmap: bool) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    except FileNotFoundError:
-        raise
     except Exception as exc:  # safetensors raises its own error types
+        if not path.is_file():  # replaced by a concurrent save while opening it
+            raise FileNotFoundError(path) from None
         raise DataError(f"cannot read {path} ({_short(exc)}); rebuild the index") from exc
     return tensors if mmap else {k: v.clone() for k, v in tensors.items()}
