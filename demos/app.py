@@ -21,6 +21,8 @@ from typing import Any
 import gradio as gr
 from starlette.middleware import Middleware
 
+from cir.index.ids import printable
+
 from . import safety
 from .callbacks import DemoCallbacks
 from .engine import DemoEngine, Knob
@@ -321,7 +323,8 @@ def _on_result_click(cb: DemoCallbacks):
 
 
 def _id_choices(index: Any, must_have: Sequence[str]) -> list[str]:
-    ids = index.ids[:MAX_ID_CHOICES]
+    """Ids offered in the dropdown (those a browser can send back: valid UTF-8 text)."""
+    ids = [i for i in index.ids[:MAX_ID_CHOICES] if printable(i) == i]
     return ids + [i for i in must_have if i not in set(ids)]
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import gradio as gr
 
 from cir import CirError
+from cir.index.ids import printable
 
 from .engine import DemoEngine, Knob, Outcome
 from .render import data_images, error_html, result_tiles, trace_html
@@ -179,10 +180,11 @@ class DemoCallbacks:
             from cir.sample_gallery import SAMPLE_QUERIES
         except ImportError:
             SAMPLE_QUERIES = []
-        by_name = {Path(i).name: i for i in self.index.ids[:100_000]}
+        ids = [i for i in self.index.ids[:100_000] if printable(i) == i]
+        by_name = {Path(i).name: i for i in ids}
         pairs = [[by_name[n], t] for n, t in SAMPLE_QUERIES if n in by_name]
         if not pairs:
-            pairs = [[i, t] for i, t in zip(self.index.ids, GENERIC_EDITS, strict=False)]
+            pairs = [[i, t] for i, t in zip(ids, GENERIC_EDITS, strict=False)]
         return pairs[:limit]
 
 

@@ -11,10 +11,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from cir.index.ids import printable
 from cir.types import QueryState, StageRecord
 
 from .engine import Outcome
-from .safety import gallery_tile, redact_config
+from .safety import gallery_tile, redact_config, redact_secrets
 
 MAX_LISTED = 5
 _PLACEHOLDER_SIDE = 160
@@ -35,7 +36,7 @@ def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Image.Image
     ):
         before = moved.get(gid, rank)
         move = f" {'▲' if before > rank else '▼'}{abs(before - rank)}" if before != rank else ""
-        caption = f"#{rank}{move} · {score:.3f} · {gid}"
+        caption = f"#{rank}{move} · {score:.3f} · {printable(gid)}"
         tiles.append((gallery_tile(index, gid) or placeholder(gid), caption))
     return tiles
 
@@ -82,7 +83,7 @@ def trace_html(outcome: Outcome) -> str:
     parts.append(_stage_table(state.trace))
     parts.append(_raw_outputs(state.llm_raw))
     parts.append(_resolved(outcome.resolved))
-    return "\n".join(p for p in parts if p)
+    return redact_secrets(printable("\n".join(p for p in parts if p)))
 
 
 def error_html(message: str) -> str:

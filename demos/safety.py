@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -17,6 +15,7 @@ from PIL import Image
 
 from cir.errors import DataError
 from cir.images import IMAGE_EXTENSIONS, load_image
+from cir.redaction import redact, redact_value
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
@@ -24,8 +23,6 @@ MAX_REFERENCE_SIDE = 1024
 TILE_SIDE = 384
 _SYSTEM_FOLDERS = tuple(Path(p) for p in ("/etc", "/proc", "/sys", "/dev", "/boot", "/run"))
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "auth"}
-_MIN_SECRET_LEN = 8
 
 
 def decode_upload(
@@ -213,44 +210,18 @@ def _machine_names() -> set[str]:
     return names
 
 
-def secret_values() -> list[str]:
-    """Values of environment variables whose names look like they hold secrets."""
-    return [
-        value
-        for name, value in os.environ.items()
-        if _looks_secret(name) and len(value) >= _MIN_SECRET_LEN
-    ]
-
-
+# ---------------------------------------------------------------------- secrets
 def redact_secrets(text: str) -> str:
-    """``text`` with every secret environment value replaced by ``***``."""
-    for value in sorted(secret_values(), key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text
+    """``text`` with every credential masked (see :func:`cir.redaction.redact`): keys read at
+    run time whatever their variable is called, bearer tokens, URL user info and queries, and
+    well-known key shapes."""
+    return redact(text)
 
 
 def redact_config(value: Any) -> Any:
-    """A copy of a pipeline dict with secret-looking parameters masked.
+    """A copy of a pipeline dict with secret-named parameters masked and every string redacted.
 
     Parameters naming an environment variable (``api_key_env``) are kept: they hold a name,
     not the secret itself.
     """
-    if isinstance(value, dict):
-        return {k: "***" if _is_secret_param(k, v) else redact_config(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_config(v) for v in value]
-    if isinstance(value, str):
-        return redact_secrets(value)
-    return value
-
-
-def _is_secret_param(name: Any, value: Any) -> bool:
-    if not isinstance(name, str) or not _looks_secret(name) or value in (None, ""):
-        return False
-    return not name.lower().endswith("_env")
-
-
-def _looks_secret(name: str) -> bool:
-    """``OPENAI_API_KEY``, ``api_key``, ``HF_TOKEN`` yes; ``max_tokens``, ``key_env`` no."""
-    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
-    return bool(words) and words[-1] != "env" and any(w in _SECRET_WORDS for w in words)
+    return redact_value(value)

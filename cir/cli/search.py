@@ -16,6 +16,8 @@ from cir.cli._common import (
     preset_option,
 )
 from cir.errors import DataError
+from cir.index.ids import printable
+from cir.redaction import redact_value
 from cir.types import Query
 
 
@@ -60,7 +62,7 @@ def search_command(
     if as_json:
         summary = state.summary()
         summary["ranking"] = ranking.to_dict() if ranking else None
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json.dumps(redact_value(summary), indent=2, default=str))
         return
     _print_readable(state, ranking, index)
 
@@ -73,7 +75,7 @@ def _print_readable(state, ranking, index) -> None:
         click.echo("the pipeline produced no ranking (does it end with a retrieve stage?)")
         return
     rows = [
-        [str(i), f"{score:.4f}", gid, str(index.path(gid) or "")]
+        [str(i), f"{score:.4f}", printable(gid), printable(str(index.path(gid) or ""))]
         for i, (gid, score) in enumerate(zip(ranking.ids, ranking.scores, strict=True), 1)
     ]
     click.echo(format_table(["rank", "score", "id", "path"], rows))

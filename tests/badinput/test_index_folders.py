@@ -179,7 +179,7 @@ for n in range(int(sys.argv[2])):
 def test_loading_while_another_process_saves_never_reports_damage(tmp_path):
     folder = tmp_path / "i"
     GalleryIndex.from_embeddings(["a0"], torch.ones(1, 8)).save(folder)
-    saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(folder), "150"])
+    saver = subprocess.Popen([sys.executable, "-c", _SAVER, str(folder), "60"])
     loads, sizes = 0, set()
     try:
         while saver.poll() is None:
