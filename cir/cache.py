@@ -249,11 +249,13 @@ class ContentCache:
         return found
 
     def __contains__(self, key: str) -> bool:
-        row = self._connection().execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
-        return row is not None
+        with _database(self.path):
+            found = self._connection().execute("SELECT 1 FROM entries WHERE key = ?", (key,))
+            return found.fetchone() is not None
 
     def __len__(self) -> int:
-        return self._connection().execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        with _database(self.path):
+            return self._connection().execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     # ------------------------------------------------------------------ write
     def put(self, entry: CacheEntry) -> str:
@@ -272,20 +274,18 @@ class ContentCache:
     def clear(self, stage: str | None = None, kind: str | None = None) -> int:
         """Delete entries (of one stage and/or kind when given); returns how many."""
         where, args = _filter(stage, kind)
-        with self._connection() as conn:
+        with _database(self.path), self._connection() as conn:
             removed = conn.execute(f"DELETE FROM entries{where}", args).rowcount
         if stage is None and kind is None:
-            self._connection().execute("VACUUM")
+            with _database(self.path):
+                self._connection().execute("VACUUM")
         return removed
 
     # ------------------------------------------------------------------ inspect
     def info(self) -> dict[str, Any]:
         """Location, entry counts per (kind, stage, model), bytes stored, this session's stats."""
-        conn = self._connection()
-        groups = conn.execute(
-            "SELECT kind, stage, model, COUNT(*), SUM(LENGTH(value)) FROM entries "
-            "GROUP BY kind, stage, model ORDER BY kind, stage, model"
-        ).fetchall()
+        with _database(self.path):
+            groups = self._groups()
         files = [self.path, Path(f"{self.path}-wal")]
         return {
             "path": str(self.path),
@@ -299,6 +299,16 @@ class ContentCache:
             "stats": self.stats.to_dict(),
         }
 
+    def _groups(self) -> list[tuple]:
+        return (
+            self._connection()
+            .execute(
+                "SELECT kind, stage, model, COUNT(*), SUM(LENGTH(value)) FROM entries "
+                "GROUP BY kind, stage, model ORDER BY kind, stage, model"
+            )
+            .fetchall()
+        )
+
     def entries(self, stage: str | None = None, kind: str | None = None) -> Iterator[dict]:
         """Every stored entry as a dict (key, kind, stage, model, parts, value, created)."""
         for row in self._rows(stage, kind):
@@ -308,10 +318,18 @@ class ContentCache:
         where, args = _filter(stage, kind)
         columns = ("key", "kind", "stage", "model", "encoding", "value", "parts", "created")
         query = f"SELECT {', '.join(columns)} FROM entries{where} ORDER BY created, key"
-        for row in self._connection().execute(query, args):
-            entry = dict(zip(columns, row, strict=True))
-            entry["blob"], entry["parts"] = bytes(entry.pop("value")), json.loads(entry["parts"])
-            yield entry
+        with _database(self.path):
+            cursor = self._connection().execute(query, args)
+        while True:
+            with _database(self.path):
+                rows = cursor.fetchmany(500)
+            if not rows:
+                return
+            for row in rows:
+                entry = dict(zip(columns, row, strict=True))
+                entry["blob"] = bytes(entry.pop("value"))
+                entry["parts"] = json.loads(entry["parts"])
+                yield entry
 
     # ------------------------------------------------------------------ share
     def export(self, path: str | Path, stage: str | None = None, kind: str | None = None) -> int:
