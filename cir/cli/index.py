@@ -118,16 +118,33 @@ def build_command(
 @index_group.command("info")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-def info_command(directory: Path, as_json: bool) -> None:
-    """Describe the index in DIRECTORY: size, encoder, storage, skipped files."""
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also check every row (finite unit vectors), every id and every image path.",
+)
+def info_command(directory: Path, as_json: bool, verify: bool) -> None:
+    """Describe the index in DIRECTORY: size, encoder, storage, skipped files.
+
+    Loading an index checks its files and a sample of its rows; --verify checks them all and
+    exits with an error naming what is wrong.
+    """
+    from cir.errors import DataError
     from cir.index.store import read_manifest
+    from cir.index.validate import verify_folder
 
     manifest = read_manifest(directory)
+    if verify:
+        problems = verify_folder(directory)
+        if problems:
+            raise DataError(f"{directory} failed verification: " + "; ".join(problems))
+        click.echo(f"verified {manifest['count']} rows and ids: no problem found", err=True)
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
     enc = manifest.get("encoder") or {}
-    size = sum(manifest.get("sizes", {}).values())
+    created = manifest.get("created") or {}
+    size = sum(manifest["sizes"].values())
     rows = [
         ["images", str(manifest["count"])],
         ["dimension", str(manifest["dim"])],
@@ -140,7 +157,7 @@ def info_command(directory: Path, as_json: bool) -> None:
         ["skipped files", str(manifest.get("skipped", 0))],
         [
             "created",
-            f"{manifest['created'].get('time')} (cir {manifest['created'].get('cir_version')})",
+            f"{created.get('time')} (cir {created.get('cir_version')})",
         ],
     ]
     click.echo(format_table(["field", "value"], rows))

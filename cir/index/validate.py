@@ -95,6 +95,8 @@ def check_ids_doc(doc: Any, manifest: dict[str, Any], path: Path) -> tuple[list,
         _bad(path, "holds 'paths' that are not one string per id")
     if len(ids) != manifest["count"]:
         _bad(path, f"holds {len(ids)} ids; the manifest says {manifest['count']}")
+    if len(set(ids)) != len(ids):
+        _bad(path, f"holds duplicate ids: {duplicate_ids(ids)[:5]}")
     return ids, paths
 
 
