@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image
 
+from cir import cache_import
 from cir.errors import DataError
 
 FILE_NAME = "cache.sqlite3"
@@ -347,7 +348,7 @@ class ContentCache:
 
     def import_file(
         self, path: str | Path, overwrite: bool = False, verify: int = 0
-    ) -> ImportReport:
+    ) -> cache_import.ImportReport:
         """Add the entries of an exported file, as hostile input (see :mod:`cir.cache_import`).
 
         Every line is checked (key against parts, kind, value shape, sizes) while the file is
@@ -360,7 +361,7 @@ class ContentCache:
         Returns:
             An :class:`ImportReport`; ``int(report)`` is the number of entries added.
         """
-        from cir.cache_import import file_sha256, read_export, verify_sample
+        from cir.cache_import import ImportReport, file_sha256, read_export, verify_sample
 
         path = Path(path)
         if verify:
@@ -385,25 +386,6 @@ class ContentCache:
             conn.executemany(f"{verb} INTO entries ({_COLUMNS}) VALUES ({_MARKS})", batch)
             added = conn.total_changes - before
         return ImportReport(added, source, checked)
-
-
-@dataclass(frozen=True)
-class ImportReport:
-    """What an import added, the ``import:<sha256>`` mark of its entries, entries verified."""
-
-    added: int
-    source: str
-    verified: int = 0
-
-    def __int__(self) -> int:
-        return self.added
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, int):
-            return self.added == other
-        return isinstance(other, ImportReport) and vars(self) == vars(other)
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 def _import_row(e: dict[str, Any], source: str) -> tuple:

@@ -27,6 +27,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,25 @@ MAX_TEXTS = 1024
 MAX_TEXT_CHARS = 65536
 MAX_TENSOR_VALUES = 2**22
 TENSOR_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    """What an import added, the ``import:<sha256>`` mark of its entries, entries verified."""
+
+    added: int
+    source: str
+    verified: int = 0
+
+    def __int__(self) -> int:
+        return self.added
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, int):
+            return self.added == other
+        return isinstance(other, ImportReport) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def file_sha256(path: Path) -> str:
