@@ -18,8 +18,7 @@ file runs no code.
 
 from __future__ import annotations
 
-import base64
-import gzip
+import contextlib
 import hashlib
 import io
 import json
@@ -28,18 +27,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from cir import cache_import
 from cir.errors import DataError
 
 FILE_NAME = "cache.sqlite3"
-EXPORT_FORMAT = "cir-cache"
-EXPORT_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     key TEXT PRIMARY KEY,
@@ -49,9 +47,14 @@ CREATE TABLE IF NOT EXISTS entries (
     encoding TEXT NOT NULL,
     value BLOB NOT NULL,
     parts TEXT NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    source TEXT
 )
 """
+_COLUMNS = "key, kind, stage, model, encoding, value, parts, created, source"
+_MARKS = ",".join("?" * 9)
+#: Bumped when the table changes; a cache written by a newer schema is refused, not guessed at.
+SCHEMA_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -65,7 +68,7 @@ def default_cache_dir() -> Path:
 def make_key(parts: Mapping[str, Any]) -> str:
     """The sha256 of the canonical JSON of ``parts`` (key order does not matter)."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def model_revision(name: str) -> str | None:
@@ -127,6 +130,8 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     writes: int = 0
+    imported: dict[str, int] = field(default_factory=dict)
+    """Hits answered by imported entries, by ``import:<sha256 of the file>``."""
 
     @property
     def hit_rate(self) -> float:
@@ -134,7 +139,11 @@ class CacheStats:
         return self.hits / total if total else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "hit_rate": round(self.hit_rate, 4)}
+        return {
+            **self.__dict__,
+            "imported": dict(self.imported),
+            "hit_rate": round(self.hit_rate, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,22 @@ class CacheEntry:
     @property
     def key(self) -> str:
         return make_key(self.parts)
+
+
+def _prepare_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the table, bring an older cache up to date, refuse one from a newer cir."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise DataError(
+            f"the cache {str(path)!r} was written by a newer cir (schema {version}; this version "
+            f"reads up to {SCHEMA_VERSION}): upgrade cir, or set CIR_CACHE_DIR to another folder"
+        )
+    conn.execute(_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+    if "source" not in columns:  # a cache made before imports were marked
+        conn.execute("ALTER TABLE entries ADD COLUMN source TEXT")
+    if version < SCHEMA_VERSION:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class ContentCache:
@@ -184,8 +209,8 @@ class ContentCache:
         self.stats = CacheStats()
         self._local = threading.local()
         self._lock = threading.Lock()
-        with self._connection() as conn:
-            conn.execute(_SCHEMA)
+        with _database(self.path), self._connection() as conn:
+            _prepare_schema(conn, self.path)
 
     def __repr__(self) -> str:
         return f"ContentCache({str(self.path)!r})"
@@ -220,26 +245,35 @@ class ContentCache:
         """The values found for ``keys`` (missing keys are absent from the result)."""
         keys = list(dict.fromkeys(keys))
         found: dict[str, Any] = {}
-        conn = self._connection()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT key, encoding, value FROM entries WHERE key IN ({marks})", chunk
-            ).fetchall()
-            for key, encoding, blob in rows:
-                found[key] = _decode(encoding, blob)
+        sources: list[str] = []
+        with _database(self.path):
+            conn = self._connection()
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = conn.execute(
+                    f"SELECT key, encoding, value, source FROM entries WHERE key IN ({marks})",
+                    chunk,
+                ).fetchall()
+                for key, encoding, blob, source in rows:
+                    found[key] = _decode(encoding, blob)
+                    if source:
+                        sources.append(source)
         with self._lock:
             self.stats.hits += len(found)
             self.stats.misses += len(keys) - len(found)
+            for source in sources:
+                self.stats.imported[source] = self.stats.imported.get(source, 0) + 1
         return found
 
     def __contains__(self, key: str) -> bool:
-        row = self._connection().execute("SELECT 1 FROM entries WHERE key = ?", (key,)).fetchone()
-        return row is not None
+        with _database(self.path):
+            found = self._connection().execute("SELECT 1 FROM entries WHERE key = ?", (key,))
+            return found.fetchone() is not None
 
     def __len__(self) -> int:
-        return self._connection().execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        with _database(self.path):
+            return self._connection().execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
     # ------------------------------------------------------------------ write
     def put(self, entry: CacheEntry) -> str:
@@ -249,8 +283,8 @@ class ContentCache:
     def put_many(self, entries: Iterable[CacheEntry]) -> list[str]:
         """Store entries in one transaction (all or nothing); returns their keys."""
         rows = [_row(e) for e in entries]
-        with self._connection() as conn:
-            conn.executemany("INSERT OR REPLACE INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+        with _database(self.path), self._connection() as conn:
+            conn.executemany(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES ({_MARKS})", rows)
         with self._lock:
             self.stats.writes += len(rows)
         return [row[0] for row in rows]
@@ -258,20 +292,18 @@ class ContentCache:
     def clear(self, stage: str | None = None, kind: str | None = None) -> int:
         """Delete entries (of one stage and/or kind when given); returns how many."""
         where, args = _filter(stage, kind)
-        with self._connection() as conn:
+        with _database(self.path), self._connection() as conn:
             removed = conn.execute(f"DELETE FROM entries{where}", args).rowcount
         if stage is None and kind is None:
-            self._connection().execute("VACUUM")
+            with _database(self.path):
+                self._connection().execute("VACUUM")
         return removed
 
     # ------------------------------------------------------------------ inspect
     def info(self) -> dict[str, Any]:
         """Location, entry counts per (kind, stage, model), bytes stored, this session's stats."""
-        conn = self._connection()
-        groups = conn.execute(
-            "SELECT kind, stage, model, COUNT(*), SUM(LENGTH(value)) FROM entries "
-            "GROUP BY kind, stage, model ORDER BY kind, stage, model"
-        ).fetchall()
+        with _database(self.path):
+            groups = self._groups()
         files = [self.path, Path(f"{self.path}-wal")]
         return {
             "path": str(self.path),
@@ -285,6 +317,16 @@ class ContentCache:
             "stats": self.stats.to_dict(),
         }
 
+    def _groups(self) -> list[tuple]:
+        return (
+            self._connection()
+            .execute(
+                "SELECT kind, stage, model, COUNT(*), SUM(LENGTH(value)) FROM entries "
+                "GROUP BY kind, stage, model ORDER BY kind, stage, model"
+            )
+            .fetchall()
+        )
+
     def entries(self, stage: str | None = None, kind: str | None = None) -> Iterator[dict]:
         """Every stored entry as a dict (key, kind, stage, model, parts, value, created)."""
         for row in self._rows(stage, kind):
@@ -294,10 +336,18 @@ class ContentCache:
         where, args = _filter(stage, kind)
         columns = ("key", "kind", "stage", "model", "encoding", "value", "parts", "created")
         query = f"SELECT {', '.join(columns)} FROM entries{where} ORDER BY created, key"
-        for row in self._connection().execute(query, args):
-            entry = dict(zip(columns, row, strict=True))
-            entry["blob"], entry["parts"] = bytes(entry.pop("value")), json.loads(entry["parts"])
-            yield entry
+        with _database(self.path):
+            cursor = self._connection().execute(query, args)
+        while True:
+            with _database(self.path):
+                rows = cursor.fetchmany(500)
+            if not rows:
+                return
+            for row in rows:
+                entry = dict(zip(columns, row, strict=True))
+                entry["blob"] = bytes(entry.pop("value"))
+                entry["parts"] = json.loads(entry["parts"])
+                yield entry
 
     # ------------------------------------------------------------------ share
     def export(self, path: str | Path, stage: str | None = None, kind: str | None = None) -> int:
@@ -307,49 +357,72 @@ class ContentCache:
         with its key, the parts the key hashes, and the value (JSON, or base64 safetensors for
         tensors). The file appears only when complete. Returns the number of entries written.
         """
-        path = Path(path)
+        from cir.cache_import import write_export
+
         where, args = _filter(stage, kind)
         count = self._connection().execute(f"SELECT COUNT(*) FROM entries{where}", args)
-        header = {
-            "format": EXPORT_FORMAT,
-            "version": EXPORT_VERSION,
-            "entries": count.fetchone()[0],
-            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "filter": {"stage": stage, "kind": kind},
-            "about": "cir content cache: each line's key is the sha256 of its canonical `parts`",
-        }
-        tmp = path.with_name(path.name + ".partial")
-        with _open_text(tmp, "w", gz=path.name.endswith(".gz")) as out:
-            out.write(json.dumps(header) + "\n")
-            for row in self._rows(stage, kind):
-                blob = row.pop("blob")
-                row["value"] = (
-                    base64.b64encode(blob).decode("ascii")
-                    if row["encoding"] in _BINARY
-                    else json.loads(blob.decode("utf-8"))
-                )
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-        return header["entries"]
+        return write_export(Path(path), count.fetchone()[0], self._rows(stage, kind), stage, kind)
 
-    def import_file(self, path: str | Path, overwrite: bool = False) -> int:
-        """Add the entries of an exported file; returns how many were added.
+    def import_file(
+        self, path: str | Path, overwrite: bool = False, verify: int = 0
+    ) -> cache_import.ImportReport:
+        """Add the entries of an exported file, as hostile input (see :mod:`cir.cache_import`).
 
-        Every line's key is checked against its parts, so a damaged file is refused before
-        anything is written. Existing keys are kept unless ``overwrite``.
+        Every line is checked (key against parts, kind, value shape, sizes) while the file is
+        streamed into one transaction: a damaged file is refused with nothing written. Entries
+        are marked with the file's sha256, so runs report the outputs that came from it.
+        Existing keys are kept unless ``overwrite``. With ``verify`` > 0, that many text
+        embeddings are recomputed first (where their encoder loads) and a mismatch refuses
+        the file.
+
+        Returns:
+            An :class:`ImportReport`; ``int(report)`` is the number of entries added.
         """
-        entries = list(_read_export(Path(path)))
-        rows = [
-            (e["key"], e["kind"], e["stage"], e["model"], e["encoding"], e["blob"],
-             json.dumps(e["parts"], sort_keys=True), e["created"])
-            for e in entries
-        ]  # fmt: skip
+        from cir.cache_import import ImportReport, file_sha256, read_export, verify_sample
+
+        path = Path(path)
+        if verify:
+            checked, wrong = verify_sample(list(read_export(path)), verify)
+            if wrong:
+                raise DataError(
+                    f"{path}: {len(wrong)} of {checked} recomputed embeddings do not match their "
+                    f"text (e.g. key {wrong[0]}); the file was refused"
+                )
+        else:
+            checked = 0
+        source = f"import:{file_sha256(path) if path.is_file() else ''}"
         verb = "INSERT OR REPLACE" if overwrite else "INSERT OR IGNORE"
-        with self._connection() as conn:
+        with _database(self.path), self._connection() as conn:
             before = conn.total_changes
-            conn.executemany(f"{verb} INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
+            batch = []
+            for e in read_export(path):
+                batch.append(_import_row(e, source))
+                if len(batch) >= 500:
+                    conn.executemany(f"{verb} INTO entries ({_COLUMNS}) VALUES ({_MARKS})", batch)
+                    batch = []
+            conn.executemany(f"{verb} INTO entries ({_COLUMNS}) VALUES ({_MARKS})", batch)
             added = conn.total_changes - before
-        return added
+        return ImportReport(added, source, checked)
+
+
+def _import_row(e: dict[str, Any], source: str) -> tuple:
+    parts = json.dumps(e["parts"], sort_keys=True)
+    return (e["key"], e["kind"], e["stage"], e["model"], e["encoding"], e["blob"], parts,
+            e["created"], source)  # fmt: skip
+
+
+@contextlib.contextmanager
+def _database(path: Path) -> Iterator[None]:
+    """Turn a damaged database file into a DataError that says what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            raise
+        raise DataError(
+            f"the cache {str(path)!r} is damaged ({exc}); delete it (it only holds recomputable "
+            "results) or run with --no-cache"
+        ) from None
 
 
 # ---------------------------------------------------------------------- encoding helpers
@@ -365,6 +438,7 @@ def _row(entry: CacheEntry) -> tuple:
         blob,
         json.dumps(parts, sort_keys=True, ensure_ascii=False),
         time.time(),
+        None,
     )
 
 
@@ -414,67 +488,3 @@ def _filter(stage: str | None, kind: str | None) -> tuple[str, list[str]]:
             clauses.append(f"{column} = ?")
             args.append(value)
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
-
-
-def _open_text(path: Path, mode: str, gz: bool | None = None):
-    if path.name.endswith(".gz") if gz is None else gz:
-        return gzip.open(path, mode + "t", encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
-def _read_export(path: Path) -> Iterator[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"cache file {str(path)!r} does not exist")
-    try:
-        with _open_text(path, "r") as src:
-            lines = src.read().splitlines()
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
-        raise DataError(f"cannot read cache file {str(path)!r}: {exc}") from None
-    header = _json_line(lines[0] if lines else "", path, 1)
-    if header.get("format") != EXPORT_FORMAT or header.get("version") != EXPORT_VERSION:
-        raise DataError(
-            f"{path} is not a cir cache export (format {EXPORT_FORMAT!r} "
-            f"version {EXPORT_VERSION}); make one with `cir cache export FILE`"
-        )
-    out = []
-    for number, line in enumerate(lines[1:], start=2):
-        out.append(_import_entry(_json_line(line, path, number), path, number))
-    if len(out) != header.get("entries"):
-        raise DataError(
-            f"{path}: header promises {header.get('entries')} entries, file has {len(out)}"
-        )
-    return iter(out)
-
-
-def _json_line(line: str, path: Path, number: int) -> dict[str, Any]:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise DataError(f"{path}, line {number}: not a JSON object; the file is damaged")
-    return value
-
-
-def _check_binary(encoding: str, blob: bytes, path: Path, number: int) -> None:
-    try:
-        _decode(encoding, blob)
-    except Exception as exc:  # safetensors and Pillow raise their own error types
-        raise DataError(f"{path}, line {number}: {encoding} value does not load ({exc})") from None
-
-
-def _import_entry(line: dict[str, Any], path: Path, number: int) -> dict[str, Any]:
-    try:
-        parts, encoding = line["parts"], line["encoding"]
-        if make_key(parts) != line["key"]:
-            raise DataError(f"{path}, line {number}: key does not match its parts; refused")
-        if encoding in _BINARY:
-            blob = base64.b64decode(line["value"])
-            _check_binary(encoding, blob, path, number)
-        elif encoding == "json":
-            blob = json.dumps(line["value"], ensure_ascii=False).encode("utf-8")
-        else:
-            raise DataError(f"{path}, line {number}: unknown encoding {encoding!r}")
-        return {**line, "blob": blob, "created": float(line.get("created", time.time()))}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{path}, line {number}: malformed entry ({exc})") from None

@@ -20,7 +20,9 @@ DEFAULT_MAX_PIXELS = 178_956_970
 """Largest image accepted (width x height), Pillow's own decompression-bomb error threshold."""
 
 
-def load_image(image: str | Path | Image.Image, max_pixels: int | None = None) -> Image.Image:
+def load_image(
+    image: str | Path | Image.Image, max_pixels: int | None = None, min_side: int | None = None
+) -> Image.Image:
     """Open an image file (or take a PIL image) and return it decoded as RGB.
 
     EXIF rotation is applied, the first frame of animations is used, and transparent pixels are
@@ -30,6 +32,10 @@ def load_image(image: str | Path | Image.Image, max_pixels: int | None = None) -
         image: a file path or a PIL image.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard);
             default :data:`DEFAULT_MAX_PIXELS`.
+        min_side: the caller needs only this many pixels on the shorter side (an encoder's
+            input size): JPEGs are decoded at a reduced scale and other formats are shrunk by
+            an integer factor right after decoding, so a huge photo costs a fraction of the
+            memory. The result keeps at least ``min_side`` pixels on its shorter side.
 
     Raises:
         DataError: the file is missing, empty, not an image, truncated or corrupt, or too large.
@@ -45,8 +51,10 @@ def load_image(image: str | Path | Image.Image, max_pixels: int | None = None) -
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 _check_size(opened, limit, str(path))
+                if min_side:
+                    _draft(opened, min_side)
                 opened.load()
-                return _to_rgb(opened)
+                return _to_rgb(_reduced(opened, min_side) if min_side else opened)
     except DataError:
         raise
     except UnidentifiedImageError:
@@ -75,6 +83,25 @@ def _check_size(image: Image.Image, limit: int, where: str) -> None:
         )
     if width == 0 or height == 0:
         raise DataError(f"{where}: image has no pixels ({width}x{height})")
+
+
+def _draft(image: Image.Image, min_side: int) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale keeping ``min_side`` pixels."""
+    if image.format == "JPEG":
+        width, height = image.size
+        scale = max(min_side / min(width, height), 1e-9)
+        image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+
+
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "I", "F")
+
+
+def _reduced(image: Image.Image, min_side: int) -> Image.Image:
+    """``image`` shrunk by the largest integer factor that keeps ``min_side`` pixels."""
+    factor = min(image.size) // min_side
+    if factor < 2 or image.mode not in _REDUCIBLE:
+        return image
+    return image.reduce(factor)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
+from cir.index.ids import printable
+
+from . import safety
 from .callbacks import DemoCallbacks
 from .engine import DemoEngine, Knob
 from .safety import MAX_UPLOAD_BYTES
@@ -60,7 +64,7 @@ def build_app(
     """The demo page over ``index``.
 
     Args:
-        index: the ``GalleryIndex`` to search (its images are served from its own folder only).
+        index: the ``GalleryIndex`` to search (only its images are shown, as copies).
         pipelines: pipeline names or YAML paths offered in the page; the first is the default.
         overrides: ``stages.<stage>.<param>=value`` applied to every pipeline having that stage.
         cache: a ``ContentCache`` (captions, LLM outputs, embeddings), or None.
@@ -70,6 +74,7 @@ def build_app(
         engine: an existing :class:`DemoEngine` (then the arguments above except
             ``concurrency``/``max_queue`` are ignored).
     """
+    safety.check_gallery_root((engine.index if engine else index).root)
     engine = engine or DemoEngine(index, pipelines, overrides, cache=cache, device=device)
     cb = DemoCallbacks(engine)
     examples = cb.examples()
@@ -205,8 +210,11 @@ def build_app(
             _with_progress(cb),
             [pipeline, image, ref_state, text, alpha, beta, top_k, mode, exclude],
             [results, trace, ids_state, grid, status],
-            api_name="search",
+            api_name="page_search",
+            **_not_in_api(),
         )
+        _public_search(cb, [pipeline, text, alpha, beta, top_k, mode, exclude],
+                       [results, trace, ids_state, grid, status])  # fmt: skip
         compare.click(
             cb.compare,
             [pipe_a, pipe_b, image, ref_state, text, top_k, exclude],
@@ -228,14 +236,21 @@ def launch_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     block: bool = True,
     quiet: bool = False,
+    allowed_hosts: Sequence[str] = (),
 ):
-    """Serve ``app`` (local only unless ``share``); only the index's folder is readable."""
-    root = app.cir_engine.index.root
+    """Serve ``app`` (local only unless ``share``).
+
+    No folder of the disk is readable through the page: gallery images reach it only as copies
+    the demo makes of indexed images. Requests naming another host than this machine's names
+    (or ``allowed_hosts``; ``*`` allows any) are refused, which stops DNS-rebinding pages.
+    """
+    hosts = safety.allowed_hosts(host, share, allowed_hosts)
     return app.launch(
         server_name=host,
         server_port=port,
         share=share,
-        allowed_paths=[str(root)] if root else None,
+        allowed_paths=[],
+        app_kwargs={"middleware": [Middleware(safety.HostCheck, allowed=hosts)]},
         max_file_size=max_upload_bytes,
         prevent_thread_lock=not block,
         show_error=False,
@@ -269,6 +284,27 @@ def _with_progress(cb: DemoCallbacks):
     return search
 
 
+def _public_search(cb: DemoCallbacks, controls: list, outputs: list) -> None:
+    """The page's public ``/search`` API: the reference is the uploaded ``image`` or the gallery
+    ``reference_id`` the caller sends, never what the page happens to show."""
+    image = gr.Image(type="filepath", visible=False, label="image")
+    reference_id = gr.Textbox("", visible=False, label="reference_id")
+    pipeline, text, alpha, beta, top_k, mode, exclude = controls
+
+    def search(pipeline, image, text, alpha, beta, top_k, mode, exclude, reference_id):
+        tiles, trace, ids, grid, status = cb.api_search(
+            pipeline, image, text, alpha, beta, top_k, mode, exclude, reference_id
+        )
+        return tiles, trace, ids, gr.update(value=grid, visible=grid is not None), status
+
+    gr.Button(visible=False).click(
+        search,
+        [pipeline, image, text, alpha, beta, top_k, mode, exclude, reference_id],
+        outputs,
+        api_name="search",
+    )
+
+
 def _forget_reference() -> tuple[None, None]:
     """A new upload (or clearing the image) replaces the gallery reference."""
     return None, None
@@ -287,7 +323,8 @@ def _on_result_click(cb: DemoCallbacks):
 
 
 def _id_choices(index: Any, must_have: Sequence[str]) -> list[str]:
-    ids = index.ids[:MAX_ID_CHOICES]
+    """Ids offered in the dropdown (those a browser can send back: valid UTF-8 text)."""
+    ids = [i for i in index.ids[:MAX_ID_CHOICES] if printable(i) == i]
     return ids + [i for i in must_have if i not in set(ids)]
 
 

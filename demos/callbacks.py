@@ -10,10 +10,13 @@ from typing import Any
 import gradio as gr
 
 from cir import CirError
+from cir.index.ids import printable
 
 from .engine import DemoEngine, Knob, Outcome
 from .render import data_images, error_html, result_tiles, trace_html
-from .safety import decode_upload, gallery_image
+from .safety import decode_upload, gallery_tile
+
+REFERENCE_SIDE = 512
 
 GENERIC_EDITS = ("the same scene at night", "in black and white", "with a dog in it")
 
@@ -61,6 +64,28 @@ class DemoCallbacks:
             grid,
             self.status(),
         )
+
+    def api_search(
+        self,
+        pipeline: str,
+        image_path: str | None,
+        text: str,
+        alpha: float | None = None,
+        beta: float | None = None,
+        top_k: int | None = None,
+        rerank_mode: str | None = None,
+        exclude_reference: bool = False,
+        reference_id: str | None = None,
+    ) -> tuple[list, str, list[str], Any, str]:
+        """The public API's search: the reference is exactly what the caller sent, an uploaded
+        image or a gallery id (both at once is an error)."""
+        if image_path and reference_id:
+            message = "give a reference image or a gallery reference_id, not both"
+            return [], error_html(message), [], None, self.status()
+        return self.search(
+            pipeline, image_path, reference_id or None, text, alpha, beta, top_k, rerank_mode,
+            exclude_reference,
+        )  # fmt: skip
 
     def compare(
         self,
@@ -122,16 +147,15 @@ class DemoCallbacks:
             _choice_update(knobs.get("rerank_mode")),
         )
 
-    def pick_reference(self, reference_id: str | None) -> tuple[str | None, str | None]:
-        """Show gallery image ``reference_id`` as the reference: (image file, reference id)."""
+    def pick_reference(self, reference_id: str | None) -> tuple[Any, str | None]:
+        """Show gallery image ``reference_id`` as the reference: (picture, reference id)."""
         if not reference_id:
             return None, None
-        if not self.index.has(reference_id):
+        if not isinstance(reference_id, str) or not self.index.has(reference_id):
             raise gr.Error(f"{reference_id!r} is not an image of this gallery")
-        path = gallery_image(self.index, reference_id)
-        return (str(path) if path else None), reference_id
+        return gallery_tile(self.index, reference_id, REFERENCE_SIDE), reference_id
 
-    def pick_example(self, reference_id: str | None, text: str) -> tuple[str | None, str | None]:
+    def pick_example(self, reference_id: str | None, text: str) -> tuple[Any, str | None]:
         """An example row was clicked: show its reference (its text fills the box itself)."""
         return self.pick_reference(reference_id)
 
@@ -156,10 +180,11 @@ class DemoCallbacks:
             from cir.sample_gallery import SAMPLE_QUERIES
         except ImportError:
             SAMPLE_QUERIES = []
-        by_name = {Path(i).name: i for i in self.index.ids[:100_000]}
+        ids = [i for i in self.index.ids[:100_000] if printable(i) == i]
+        by_name = {Path(i).name: i for i in ids}
         pairs = [[by_name[n], t] for n, t in SAMPLE_QUERIES if n in by_name]
         if not pairs:
-            pairs = [[i, t] for i, t in zip(self.index.ids, GENERIC_EDITS, strict=False)]
+            pairs = [[i, t] for i, t in zip(ids, GENERIC_EDITS, strict=False)]
         return pairs[:limit]
 
 

@@ -9,15 +9,15 @@ import base64
 import io
 import json
 from html import escape
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
+from cir.index.ids import printable
 from cir.types import QueryState, StageRecord
 
 from .engine import Outcome
-from .safety import gallery_image, redact_config
+from .safety import gallery_tile, redact_config, redact_secrets
 
 MAX_LISTED = 5
 _PLACEHOLDER_SIDE = 160
@@ -27,7 +27,7 @@ _IMAGINED_SIDE = 256
 
 
 # ---------------------------------------------------------------------- result grid
-def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Path | Image.Image, str]]:
+def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Image.Image, str]]:
     """(image, caption) pairs for the result grid: ``"#1 · 0.812 · id"``; a re-ranked tile
     says how far it moved (``"#1 ▲2 · 0.812 · id"``)."""
     if state is None or state.ranking is None:
@@ -39,8 +39,8 @@ def result_tiles(index: Any, state: QueryState | None) -> list[tuple[Path | Imag
     ):
         before = moved.get(gid, rank)
         move = f" {'▲' if before > rank else '▼'}{abs(before - rank)}" if before != rank else ""
-        caption = f"#{rank}{move} · {score:.3f} · {gid}"
-        tiles.append((gallery_image(index, gid) or placeholder(gid), caption))
+        caption = f"#{rank}{move} · {score:.3f} · {printable(gid)}"
+        tiles.append((gallery_tile(index, gid) or placeholder(gid), caption))
     return tiles
 
 
@@ -100,7 +100,7 @@ def trace_html(outcome: Outcome) -> str:
     parts.append(_stage_table(state.trace))
     parts.append(_raw_outputs(state.llm_raw))
     parts.append(_resolved(outcome.resolved))
-    return "\n".join(p for p in parts if p)
+    return redact_secrets(printable("\n".join(p for p in parts if p)))
 
 
 def error_html(message: str) -> str:

@@ -1,24 +1,28 @@
-"""The demo's guards: uploads decoded defensively, gallery files only from the index's folder,
-secrets kept out of the page and the logs."""
+"""The demo's guards: uploads decoded defensively, only indexed images shown (as copies the demo
+makes, never as files of the disk), requests for other host names refused, secrets kept out of
+the page and the logs."""
 
 from __future__ import annotations
 
-import os
-import re
+import contextlib
+import functools
+import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from cir.errors import DataError
-from cir.images import load_image
+from cir.images import IMAGE_EXTENSIONS, load_image
+from cir.redaction import redact, redact_value
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 40_000_000
 MAX_REFERENCE_SIDE = 1024
+TILE_SIDE = 384
+_SYSTEM_FOLDERS = tuple(Path(p) for p in ("/etc", "/proc", "/sys", "/dev", "/boot", "/run"))
 UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "auth"}
-_MIN_SECRET_LEN = 8
 
 
 def decode_upload(
@@ -72,16 +76,16 @@ def _strip_path(message: str, path: Path) -> str:
 
 
 def gallery_image(index: Any, image_id: str) -> Path | None:
-    """The file of gallery image ``image_id`` if it lies inside the index's own folder.
+    """The file of gallery image ``image_id`` if it is an image file inside the index's folder.
 
-    Ids come from rankings, never straight from the browser, but the check holds either way:
-    the path is resolved (symlinks and ``..`` included) and must stay under ``index.root``.
+    The path is resolved (symlinks and ``..`` included) and must stay under ``index.root``; ids
+    naming hidden files or folders, or files without an image extension, are never served.
     """
     root = index.root
-    if root is None or not index.has(image_id):
+    if root is None or not isinstance(image_id, str) or not index.has(image_id):
         return None
     path = index.path(image_id)
-    if path is None:
+    if path is None or not _looks_like_an_image(image_id, path):
         return None
     try:
         resolved = path.resolve(strict=True)
@@ -89,47 +93,135 @@ def gallery_image(index: Any, image_id: str) -> Path | None:
         return None
     if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
         return None
-    return resolved
+    inside = resolved.relative_to(root.resolve()).parts
+    return None if any(part.startswith(".") for part in inside) else resolved
 
 
-def secret_values() -> list[str]:
-    """Values of environment variables whose names look like they hold secrets."""
-    return [
-        value
-        for name, value in os.environ.items()
-        if _looks_secret(name) and len(value) >= _MIN_SECRET_LEN
-    ]
+def _looks_like_an_image(image_id: str, path: Path) -> bool:
+    hidden = any(part.startswith(".") for part in Path(image_id).parts)
+    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
+def gallery_tile(index: Any, image_id: str, side: int = TILE_SIDE) -> Image.Image | None:
+    """A picture of gallery image ``image_id`` made by the demo itself, or None.
+
+    The page never receives a path: only these decoded, shrunk copies of indexed images, so no
+    other file (hidden, foreign, not an image) can be read through the demo.
+    """
+    path = gallery_image(index, image_id)
+    if path is None:
+        return None
+    try:
+        return _tile(str(path), path.stat().st_mtime_ns, side).copy()
+    except (DataError, OSError):
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _tile(path: str, mtime_ns: int, side: int) -> Image.Image:
+    image = load_image(path, min_side=side)
+    image.thumbnail((side, side))
+    return image
+
+
+def check_gallery_root(root: Path | None) -> None:
+    """Refuse an index whose gallery folder is a system-wide folder (``/``, ``/home``, hidden).
+
+    Raises:
+        DataError: the manifest's ``root`` cannot be a gallery folder the demo serves from.
+    """
+    if root is None:
+        return
+    resolved = Path(root).resolve()
+    home = Path.home().resolve()
+    hidden = any(part.startswith(".") for part in resolved.parts)
+    system = any(resolved.is_relative_to(folder) for folder in _SYSTEM_FOLDERS)
+    if resolved == Path(resolved.anchor) or resolved in home.parents or hidden or system:
+        raise DataError(
+            f"the index says its images are under {root}, which is not a gallery folder "
+            "(a filesystem root, a parent of the home folder, a system or a hidden folder); "
+            "the demo serves images only from the folder an index was built from: rebuild "
+            "the index from the folder that holds the images"
+        )
+
+
+# ---------------------------------------------------------------------- Host header check
+class HostCheck:
+    """ASGI middleware answering 400 to requests whose ``Host`` header is not an allowed name.
+
+    A page on another site can make a browser send requests to 127.0.0.1 under its own name
+    (DNS rebinding); checking the name keeps such requests out.
+
+    Args:
+        app: the ASGI app to protect.
+        allowed: host names or addresses; ``*.example.org`` allows every subdomain, ``*`` all.
+    """
+
+    def __init__(self, app: Any, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = {a.lower().strip("[]") for a in allowed}
+
+    def allows(self, host: str) -> bool:
+        if "*" in self.allowed or host in self.allowed:
+            return True
+        return any(a.startswith("*.") and host.endswith(a[1:]) for a in self.allowed)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket") and not self.allows(request_host(scope)):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 400,
+                    "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"Invalid host header"})
+            return  # fmt: skip
+        await self.app(scope, receive, send)
+
+
+def request_host(scope: dict[str, Any]) -> str:
+    """The host name of an ASGI request, without port or IPv6 brackets, lower-cased."""
+    raw = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
+    if raw.startswith("["):
+        return raw[1 : raw.find("]")] if "]" in raw else ""
+    return raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
+
+
+def allowed_hosts(host: str, share: bool = False, extra: Iterable[str] = ()) -> set[str]:
+    """The host names a demo bound to ``host`` answers to (this machine's names when public)."""
+    names = {"localhost", "127.0.0.1", "::1", *extra}
+    if host not in names:
+        names.add(host)
+    if not (host in ("localhost", "::1") or host.startswith("127.")):
+        names.update(_machine_names())
+    if share:
+        names.add("*.gradio.live")
+    return {n for n in names if n and n not in ("0.0.0.0", "::")}
+
+
+def _machine_names() -> set[str]:
+    names = {socket.gethostname(), socket.getfqdn()}
+    with contextlib.suppress(OSError):
+        names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    return names
+
+
+# ---------------------------------------------------------------------- secrets
 def redact_secrets(text: str) -> str:
-    """``text`` with every secret environment value replaced by ``***``."""
-    for value in sorted(secret_values(), key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text
+    """``text`` with every credential masked (see :func:`cir.redaction.redact`): keys read at
+    run time whatever their variable is called, bearer tokens, URL user info and queries, and
+    well-known key shapes."""
+    return redact(text)
 
 
 def redact_config(value: Any) -> Any:
-    """A copy of a pipeline dict with secret-looking parameters masked.
+    """A copy of a pipeline dict with secret-named parameters masked and every string redacted.
 
     Parameters naming an environment variable (``api_key_env``) are kept: they hold a name,
     not the secret itself.
     """
-    if isinstance(value, dict):
-        return {k: "***" if _is_secret_param(k, v) else redact_config(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact_config(v) for v in value]
-    if isinstance(value, str):
-        return redact_secrets(value)
-    return value
-
-
-def _is_secret_param(name: Any, value: Any) -> bool:
-    if not isinstance(name, str) or not _looks_secret(name) or value in (None, ""):
-        return False
-    return not name.lower().endswith("_env")
-
-
-def _looks_secret(name: str) -> bool:
-    """``OPENAI_API_KEY``, ``api_key``, ``HF_TOKEN`` yes; ``max_tokens``, ``key_env`` no."""
-    words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
-    return bool(words) and words[-1] != "env" and any(w in _SECRET_WORDS for w in words)
+    return redact_value(value)

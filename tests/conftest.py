@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,12 @@ _GROUPS = {
 def pytest_addoption(parser: pytest.Parser) -> None:
     for group, why in _GROUPS.items():
         parser.addoption(f"--run-{group}", action="store_true", help=f"run tests that {why}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The suite never reads or writes the user's content cache.
+    if not os.environ.get("CIR_TEST_KEEP_CACHE_DIR"):
+        os.environ["CIR_CACHE_DIR"] = tempfile.mkdtemp(prefix="cir-test-cache-")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

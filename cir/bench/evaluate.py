@@ -108,6 +108,11 @@ def evaluate_files(
     if bad:
         raise DataError("invalid predictions:\n" + "\n".join(r.summary() for r in bad))
     scored = _scored_queries(dataset, queries, merged)
+    if not scored:
+        raise DataError(
+            f"none of the {len(queries)} queries of {dataset} {split} has a ranking in the "
+            "predictions given; nothing to score (are these predictions for this split?)"
+        )
     full = merged.get("cirr/recall") if dataset == "cirr" else merged.get(dataset)
     metrics = score(dataset, scored, full, merged.get("cirr/recall_subset"))
     return Evaluation(dataset, split, metrics, len(scored), reports)
@@ -126,7 +131,7 @@ def _merge(into: dict[str, Any], obj: Any, report: ValidationReport) -> None:
 
 def _scored_queries(dataset: str, queries: Sequence[Query], merged: dict) -> list[Query]:
     """Queries that have every ranking the scoring needs."""
-    kinds = [k for k in merged if merged[k]]
+    kinds = list(merged)  # a file that ranks no query leaves nothing to score
     return [q for q in queries if all(q.id in merged[k] for k in kinds)]
 
 

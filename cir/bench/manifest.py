@@ -1,5 +1,6 @@
 """Run manifests: everything needed to know what produced a benchmark number.
 
+No credential reaches a manifest (everything is passed through :func:`cir.redaction.redact_value`).
 A manifest records the resolved pipeline, package versions, model ids, prompt hashes,
 annotation file hashes, per-stage time, cache hit and parse-fallback rates (from the trace),
 the gallery index used and the metrics.
@@ -23,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from cir.redaction import redact_value
 from cir.types import QueryState
 
 PACKAGES = (
@@ -181,10 +183,11 @@ def build_manifest(
         "stages": totals.to_dict(),
         "trace_totals": totals.totals(),
     }
-    return manifest | (extra or {})
+    return redact_value(manifest | (extra or {}))
 
 
 def write_manifest(path: str | Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as JSON, credentials redacted."""
     path = Path(path)
-    path.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    path.write_text(json.dumps(redact_value(manifest), indent=2, default=str), encoding="utf-8")
     return path

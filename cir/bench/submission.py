@@ -219,6 +219,8 @@ def load_predictions(path: str | Path) -> tuple[Any, list[Problem]]:
         obj = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=keep_pairs)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise DataError(f"{path} is not a predictions file (JSON nested too deeply)") from None
     problems = [Problem("error", f"key {k!r} appears more than once") for k in duplicates[:20]]
     return obj, problems
 

@@ -10,16 +10,22 @@ import click
 
 from cir import __version__
 from cir.errors import CirError
+from cir.index.ids import printable
+from cir.redaction import redact
 
 
 class _CirGroup(click.Group):
-    """A group that turns user errors (``CirError``) into one clear line, never a traceback."""
+    """A group that turns user errors (``CirError``) into one clear line, never a traceback.
+
+    The line is redacted (no credential is printed) and printable (file names that are not
+    valid UTF-8 show their odd bytes as ``\\xNN``).
+    """
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except CirError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(printable(redact(str(exc)))) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)

@@ -73,11 +73,26 @@ def export_command(file: Path, cache_dir: Path | None, stage: str | None, kind: 
 @click.argument("file", type=click.Path(path_type=Path))
 @cache_dir_option
 @click.option("--overwrite", is_flag=True, help="Replace entries that already exist.")
-def import_command(file: Path, cache_dir: Path | None, overwrite: bool) -> None:
-    """Add the entries of an exported FILE (every key is checked against its content)."""
+@click.option("--verify", is_flag=True, help="Recompute a sample of text embeddings first.")
+@click.option(
+    "--sample", type=click.IntRange(min=1), default=32, show_default=True,
+    help="How many text embeddings --verify recomputes.",
+)  # fmt: skip
+def import_command(
+    file: Path, cache_dir: Path | None, overwrite: bool, verify: bool, sample: int
+) -> None:
+    """Add the entries of an exported FILE.
+
+    Every entry is checked (key against content, kind, value shape and size) before anything is
+    written, and marked as imported: run manifests count the outputs that came from FILE.
+    --verify recomputes a sample of text embeddings with their encoder where it can be loaded,
+    and refuses the file on a mismatch.
+    """
     cache = ContentCache(cache_dir)
-    added = cache.import_file(file, overwrite=overwrite)
-    click.echo(f"imported {added} new entries into {cache.path}")
+    report = cache.import_file(file, overwrite=overwrite, verify=sample if verify else 0)
+    click.echo(f"imported {report.added} new entries into {cache.path} ({report.source})")
+    if verify:
+        click.echo(f"verified {report.verified} recomputed text embeddings: all match")
 
 
 COMMANDS = [cache_group]

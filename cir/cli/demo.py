@@ -46,6 +46,13 @@ _DEMO_PACKAGE = "cir_demo"
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Also publish a public gradio.live link (off).")
 @click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    help="Another host name the page may be reached under (repeatable; '*' allows any). "
+    "By default only this machine's own names are answered.",
+)
+@click.option(
     "--concurrency",
     type=click.IntRange(min=1),
     default=2,
@@ -70,6 +77,7 @@ def demo_command(
     host: str,
     port: int,
     share: bool,
+    allowed_hosts: tuple[str, ...],
     concurrency: int,
     max_upload_mb: float,
     cache_dir: str | None,
@@ -96,6 +104,7 @@ def demo_command(
 
     index = _open_index(index_dir, gallery, model, pretrained, index_out, rebuild, device)
     index.set_compute(compute)
+    demos.safety.check_gallery_root(index.root)
     offered = _offered_pipelines(pipelines, all_pipelines)
     cache = None if no_cache else ContentCache(cache_dir)
     engine = demos.engine.DemoEngine(index, offered, overrides, cache=cache, device=device)
@@ -105,7 +114,12 @@ def demo_command(
     app = demos.app.build_app(index, engine=engine, concurrency=concurrency)
     click.echo(f"serving {len(index)} images on http://{host}:{port} (Ctrl-C to stop)", err=True)
     demos.app.launch_app(
-        app, host=host, port=port, share=share, max_upload_bytes=int(max_upload_mb * 1e6)
+        app,
+        host=host,
+        port=port,
+        share=share,
+        max_upload_bytes=int(max_upload_mb * 1e6),
+        allowed_hosts=allowed_hosts,
     )
 
 
@@ -137,7 +151,7 @@ def load_demo_package() -> ModuleType:
         package = importlib.util.module_from_spec(spec)
         sys.modules[_DEMO_PACKAGE] = package
         spec.loader.exec_module(package)
-    for name in ("engine", "app"):
+    for name in ("engine", "app", "safety"):
         importlib.import_module(f"{_DEMO_PACKAGE}.{name}")
     return sys.modules[_DEMO_PACKAGE]
 
@@ -191,7 +205,8 @@ def _index_gallery(folder, model, pretrained, index_out, rebuild, device):
 def _default_index_dir(folder: Path, model: str, pretrained: str | None) -> Path:
     from cir.cache import default_cache_dir
 
-    digest = hashlib.sha1(f"{folder.resolve()}|{model}|{pretrained}".encode()).hexdigest()[:12]
+    text = f"{folder.resolve()}|{model}|{pretrained}".encode("utf-8", "surrogatepass")
+    digest = hashlib.sha1(text).hexdigest()[:12]
     return default_cache_dir() / "demo-indexes" / f"{folder.resolve().name}-{digest}"
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cir.cli._common import format_table
+from cir.index.ids import printable
 
 
 @click.group("index")
@@ -109,7 +110,7 @@ def build_command(
     if idx.skipped:
         click.echo(f"skipped {len(idx.skipped)} unreadable file(s) (listed in {out}/skipped.json):")
         for entry in idx.skipped[:10]:
-            click.echo(f"  {entry['path']}: {entry['reason']}")
+            click.echo(f"  {printable(entry['path'])}: {entry['reason']}")
         if len(idx.skipped) > 10:
             click.echo(f"  ... and {len(idx.skipped) - 10} more")
 
@@ -123,13 +124,31 @@ def build_command(
     is_flag=True,
     help="Time the compute paths again on this machine and update its cached choice.",
 )
-def info_command(directory: Path, as_json: bool, device: str | None, recalibrate: bool) -> None:
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Also check every row (finite unit vectors), every id and every image path.",
+)
+def info_command(
+    directory: Path, as_json: bool, device: str | None, recalibrate: bool, verify: bool
+) -> None:
     """Describe the index in DIRECTORY: size, encoder, storage, skipped files, and how searches
-    run on this machine (CPU flags, the compute path of each batch size)."""
+    run on this machine (CPU flags, the compute path of each batch size).
+
+    Loading an index checks its files and a sample of its rows; --verify checks them all and
+    exits with an error naming what is wrong.
+    """
+    from cir.errors import DataError
     from cir.index import GalleryIndex
     from cir.index.store import read_manifest
+    from cir.index.validate import verify_folder
 
     manifest = read_manifest(directory)
+    if verify:
+        problems = verify_folder(directory)
+        if problems:
+            raise DataError(f"{directory} failed verification: " + "; ".join(problems))
+        click.echo(f"verified {manifest['count']} rows and ids: no problem found", err=True)
     plan = GalleryIndex.load(directory, device=device).set_compute("auto", recalibrate)
     search = {"machine": plan.machine.to_dict(), "compute": plan.describe()}
     if plan.timings:
@@ -138,7 +157,8 @@ def info_command(directory: Path, as_json: bool, device: str | None, recalibrate
         click.echo(json.dumps({**manifest, "search": search}, indent=2))
         return
     enc = manifest.get("encoder") or {}
-    size = sum(manifest.get("sizes", {}).values())
+    created = manifest.get("created") or {}
+    size = sum(manifest["sizes"].values())
     rows = [
         ["images", str(manifest["count"])],
         ["dimension", str(manifest["dim"])],
@@ -151,7 +171,7 @@ def info_command(directory: Path, as_json: bool, device: str | None, recalibrate
         ["skipped files", str(manifest.get("skipped", 0))],
         [
             "created",
-            f"{manifest['created'].get('time')} (cir {manifest['created'].get('cir_version')})",
+            f"{created.get('time')} (cir {created.get('cir_version')})",
         ],
         ["search device", f"{plan.machine.device}: {plan.machine.model}"],
         ["CPU flags", " ".join(plan.machine.shown_flags) or "(none of those that matter)"],

@@ -16,7 +16,9 @@ from cir.cli._common import (
     overrides_option,
     preset_option,
 )
-from cir.errors import DataError
+from cir.errors import ConfigError, DataError
+from cir.index.ids import printable
+from cir.redaction import redact_value
 from cir.types import Query
 
 
@@ -52,20 +54,42 @@ def search_command(
     from cir.index import GalleryIndex
     from cir.pipeline import load_pipeline
 
+    if image is not None and reference_id is not None:
+        raise ConfigError(
+            "give the reference as --image FILE or as --reference-id ID, not both "
+            "(with both, one of them would be silently ignored)"
+        )
     if image is not None and not Path(image).is_file():
         raise DataError(f"reference image {image!r} does not exist")
-    pipe = load_pipeline(pipeline, overrides, preset)
+    pipe = _with_enough_results(load_pipeline(pipeline, overrides, preset), k, pipeline,
+                                overrides, preset)  # fmt: skip
     index = GalleryIndex.load(index_dir, device=device, compute=compute)
     query = Query(text, reference=image, reference_id=reference_id, id="query")
     cache = open_cache(cache_dir, no_cache)
     state = pipe.run([query], index, batch_size=1, cache=cache, device=device, progress=False)[0]
     ranking = state.ranking.top(k) if state.ranking else None
+    if cache is not None and cache.stats.imported:
+        sources = ", ".join(f"{n} from {src}" for src, n in cache.stats.imported.items())
+        click.echo(
+            f"note: cached outputs imported from shared files were used ({sources})", err=True
+        )
     if as_json:
         summary = state.summary()
         summary["ranking"] = ranking.to_dict() if ranking else None
-        click.echo(json.dumps(summary, indent=2, default=str))
+        click.echo(json.dumps(redact_value(summary), indent=2, default=str))
         return
     _print_readable(state, ranking, index)
+
+
+def _with_enough_results(pipe, k: int, name: str, overrides, preset):
+    """The pipeline, its last ``retrieve`` stage raised to ``k`` results when it keeps fewer."""
+    from cir.pipeline import load_pipeline
+
+    retrieves = [stage for stage in pipe.stages if stage.name == "retrieve"]
+    if not retrieves or retrieves[-1].params.k >= k:
+        return pipe
+    raised = [*overrides, f"stages.{retrieves[-1].instance}.k={k}"]
+    return load_pipeline(name, raised, preset)
 
 
 def _print_readable(state, ranking, index) -> None:
@@ -76,7 +100,7 @@ def _print_readable(state, ranking, index) -> None:
         click.echo("the pipeline produced no ranking (does it end with a retrieve stage?)")
         return
     rows = [
-        [str(i), f"{score:.4f}", gid, str(index.path(gid) or "")]
+        [str(i), f"{score:.4f}", printable(gid), printable(str(index.path(gid) or ""))]
         for i, (gid, score) in enumerate(zip(ranking.ids, ranking.scores, strict=True), 1)
     ]
     click.echo(format_table(["rank", "score", "id", "path"], rows))

@@ -1,23 +1,24 @@
 """Encode an image folder into a GalleryIndex: DataLoader workers decode, the model eats batches.
 
-Ids are image paths relative to the gallery folder, in posix form (``shoes/red.jpg``); for a list
-of paths the folder is their deepest common parent. Encoded rows are written to
+Images and ids come from :mod:`cir.index.scan` (ids are paths relative to the gallery folder,
+``shoes/red.jpg``; any file name round-trips). Encoded rows are written to
 ``<out>/build/shard-NNNNN.*`` as the build goes; a build that is interrupted (killed, crashed,
 Ctrl-C) is resumed by running it again with ``resume=True``: images of complete shards whose file
 size and modification time are unchanged are not encoded again. When every image is done the index
 is saved atomically into ``out`` and the shards are removed.
 
 Unreadable files (missing, empty, not an image, truncated or corrupt, oversized) are skipped and
-listed in ``idx.skipped`` / ``<out>/skipped.json``; the build never aborts on one bad file.
+listed in ``idx.skipped`` / ``<out>/skipped.json`` with what the scan could not look at (folders
+that cannot be read, dangling links, link loops); the build never aborts on one bad file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,82 +27,55 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cir.errors import DataError
-from cir.images import IMAGE_EXTENSIONS, load_image
+from cir.images import load_image
 from cir.index import store
+from cir.index.folder import BUILD_DIR, FolderLock, claim
 from cir.index.gallery import GalleryIndex
+from cir.index.scan import Item, find_images, scan
 
-BUILD_DIR = "build"
+__all__ = ["BuildInterrupted", "Item", "build_index", "clear_work", "scan"]
+
 STATE = "state.json"
+_WORK_FILE = re.compile(r"^\.?(state\.json|shard-\d{5}\.(json|safetensors))(\.tmp-\d+)?$")
 
 
 class BuildInterrupted(RuntimeError):
     """Raised by the ``interrupt_after_shards`` hook, to test resuming a build."""
 
 
-@dataclass(frozen=True)
-class Item:
-    id: str
-    path: str
-    size: int
-    mtime_ns: int
-
-
-def scan(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[Item]]:
-    """The gallery root and its images (sorted by id), from a folder or a list of paths."""
-    if isinstance(source, str | Path):
-        root = Path(source).expanduser().resolve()
-        if not root.is_dir():
-            what = "is a file, not a folder" if root.exists() else "does not exist"
-            raise DataError(f"gallery folder {root} {what}; give a folder of images")
-        files = [p for p in root.rglob("*") if _is_image_file(p, root)]
-        if not files:
-            raise DataError(
-                f"no image files under {root} (looked recursively for "
-                f"{', '.join(IMAGE_EXTENSIONS)}); point to the folder that holds the images"
-            )
-    else:
-        files = [Path(p).expanduser().resolve() for p in source]
-        if not files:
-            raise DataError("the list of image paths is empty; give at least one image")
-        dups = sorted({str(p) for p in files if files.count(p) > 1})
-        if dups:
-            raise DataError(f"image paths listed twice: {dups[:5]}; give each image once")
-        root = Path(os.path.commonpath([p.parent for p in files]))
-    items = [_item(root, p) for p in files]
-    return root, sorted(items, key=lambda it: it.id)
-
-
-def _is_image_file(path: Path, root: Path) -> bool:
-    rel = path.relative_to(root).parts
-    hidden = any(part.startswith(".") for part in rel)
-    return not hidden and path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-
-
-def _item(root: Path, path: Path) -> Item:
-    try:
-        st = path.stat()
-        size, mtime = st.st_size, st.st_mtime_ns
-    except OSError:
-        size, mtime = -1, -1
-    return Item(path.relative_to(root).as_posix(), str(path), size, mtime)
-
-
 class _Images(Dataset):
-    """Decodes and preprocesses in worker processes; bad files come back as their reason."""
+    """Decodes and preprocesses in worker processes; bad files come back as their reason.
+
+    Images are decoded no larger than ``min_side`` needs (twice the model's input side): a
+    144-megapixel photo then costs a fraction of its full decoded size.
+    """
 
     def __init__(self, items: list[Item], preprocess: Any, max_pixels: int | None) -> None:
         self.items, self.preprocess, self.max_pixels = items, preprocess, max_pixels
+        self.min_side = _input_side(preprocess)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, n: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            return n, self.preprocess(load_image(self.items[n].path, self.max_pixels)), None
+            image = load_image(self.items[n].path, self.max_pixels, self.min_side)
+            return n, self.preprocess(image), None
         except DataError as exc:
             return n, None, str(exc).removeprefix(f"{self.items[n].path}: ")
         except Exception as exc:  # a preprocessing failure on one file must not stop the build
             return n, None, f"cannot preprocess ({type(exc).__name__}: {exc})"
+
+
+def _input_side(preprocess: Any) -> int | None:
+    """Twice the longer side of the model's input, read off one preprocessed blank image."""
+    from PIL import Image
+
+    try:
+        shape = preprocess(Image.new("RGB", (64, 64))).shape
+    except Exception:  # an unusual transform: decode at full size
+        return None
+    return 2 * int(max(shape[-2:]))
 
 
 def _collate(batch: list) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
@@ -151,8 +125,17 @@ def build_index(
         encoder = load_encoder(encoder, device=device)
     if batch_size < 1 or num_workers < 0 or shard_size < 1:
         raise DataError("batch_size and shard_size must be >= 1 and num_workers >= 0")
-    root, items = scan(source)
+    options = (batch_size, num_workers, shard_size, max_pixels, progress, interrupt_after_shards)
+    root, items, problems = find_images(source)
     folder = Path(out)
+    with FolderLock(folder, wait=0, what="build"):
+        claim(folder)
+        return _build(folder, (root, items, problems), encoder, resume, dtype, options)
+
+
+def _build(folder, found, encoder, resume, dtype, options) -> GalleryIndex:
+    root, items, problems = found
+    batch_size, num_workers, shard_size, max_pixels, progress, interrupt_after_shards = options
     work = folder / BUILD_DIR
     done, skipped = _start(work, encoder, resume)
     todo = [it for it in items if it.path not in done and it.path not in skipped]
@@ -182,7 +165,7 @@ def build_index(
             raise BuildInterrupted(f"stopped after {shards.written} shards (testing hook)")
     shards.flush()
     bar.close()
-    return _finish(folder, root, items, encoder, dtype)
+    return _finish(folder, root, items, problems, encoder, dtype)
 
 
 def _start(work: Path, encoder: Any, resume: bool) -> tuple[dict, dict]:
@@ -190,39 +173,76 @@ def _start(work: Path, encoder: Any, resume: bool) -> tuple[dict, dict]:
     identity = {**encoder.identity.to_dict(), "key": encoder.identity.key}
     state_path = work / STATE
     if resume and state_path.is_file():
-        state = json.loads(state_path.read_text())
-        if state["encoder"]["key"] != identity["key"] or state["encoder"].get(
+        previous = _read_state(state_path)
+        if previous.get("key") != identity["key"] or previous.get("preprocessing") != identity.get(
             "preprocessing"
-        ) != identity.get("preprocessing"):
+        ):
             raise DataError(
-                f"{work.parent} holds an unfinished build made with {state['encoder']['key']!r} "
-                f"({state['encoder'].get('preprocessing')}), not {identity['key']!r} "
+                f"{work.parent} holds an unfinished build made with {previous.get('key')!r} "
+                f"({previous.get('preprocessing')}), not {identity['key']!r} "
                 f"({identity.get('preprocessing')}); use the same model, another --out, "
                 "or --no-resume to start over"
             )
         return _read_shards(work)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    clear_work(work)
+    work.mkdir(parents=True, exist_ok=True)
     store.write_json(state_path, {"encoder": identity})
     return {}, {}
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+        encoder = state["encoder"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        encoder = None
+    if not isinstance(encoder, dict):
+        raise DataError(
+            f"{path} (the state of an unfinished build) is damaged; "
+            "start the build over with --no-resume (resume=False)"
+        )
+    return encoder
+
+
+def clear_work(work: Path) -> None:
+    """Delete the files a build writes into ``work`` (and ``work`` if nothing else is left)."""
+    if not work.is_dir():
+        return
+    for path in work.iterdir():
+        if _WORK_FILE.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        work.rmdir()
+
+
 def _read_shards(work: Path) -> tuple[dict, dict]:
+    """Rows and skips of the complete shards in ``work``; a damaged shard is encoded again."""
     done: dict[str, tuple[Item, torch.Tensor]] = {}
     skipped: dict[str, tuple[Item, str]] = {}
     for meta_path in sorted(work.glob("shard-*.json")):
-        meta = json.loads(meta_path.read_text())
-        rows = store._load_tensors(work / meta["tensors"], mmap=True)["embeddings"]
-        for n, entry in enumerate(meta["rows"]):
-            item = Item(**entry)
+        try:
+            rows, entries, skips = _read_shard(work, meta_path)
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, DataError):
+            continue
+        for n, item in enumerate(entries):
             if _unchanged(item):
                 done[item.path] = (item, rows[n])
-        for entry in meta["skipped"]:
-            item = Item(**entry["item"])
+        for item, reason in skips:
             if _unchanged(item):
-                skipped[item.path] = (item, entry["reason"])
+                skipped[item.path] = (item, reason)
     return done, skipped
+
+
+def _read_shard(work: Path, meta_path: Path):
+    meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    if not _WORK_FILE.match(meta["tensors"]):
+        raise ValueError(f"shard names tensor file {meta['tensors']!r}")
+    rows = store._load_tensors(work / meta["tensors"], mmap=True)["embeddings"]
+    entries = [Item(**entry) for entry in meta["rows"]]
+    skips = [(Item(**entry["item"]), str(entry["reason"])) for entry in meta["skipped"]]
+    if len(entries) != len(rows):
+        raise ValueError("shard rows and tensor rows differ")
+    return rows, entries, skips
 
 
 def _unchanged(item: Item) -> bool:
@@ -267,7 +287,9 @@ class _Shards:
         return True
 
 
-def _finish(folder: Path, root: Path, items: list[Item], encoder: Any, dtype: str) -> GalleryIndex:
+def _finish(
+    folder: Path, root: Path, items: list[Item], problems: list, encoder: Any, dtype: str
+) -> GalleryIndex:
     work = folder / BUILD_DIR
     done, skipped = _read_shards(work)
     good = [it for it in items if it.path in done]
@@ -286,7 +308,7 @@ def _finish(folder: Path, root: Path, items: list[Item], encoder: Any, dtype: st
     idx = GalleryIndex(
         [it.id for it in good], emb, encoder.identity, [it.id for it in good], root, device="cpu"
     )
-    idx.skipped = report
+    idx.skipped = report + problems
     idx.save(folder)
-    shutil.rmtree(work, ignore_errors=True)
+    clear_work(work)
     return GalleryIndex.load(folder)

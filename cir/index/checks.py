@@ -13,9 +13,10 @@ from cir.index import store
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The compute device: CUDA when available by default; a bad name is a ConfigError."""
+    from cir.models.encoder import resolve_device
+
+    return resolve_device(device)
 
 
 def identity_dict(encoder: Any) -> dict[str, Any] | None:

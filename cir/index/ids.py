@@ -3,6 +3,9 @@
 A Python list plus a dict of a million short ids costs about 200 bytes per id, as much as a
 128-d fp16 embedding. Here the ids are one UTF-8 buffer with offsets, and lookups go through a
 sorted array of the ids' hashes (collisions are resolved by comparing the text).
+
+Any Python string round-trips, including file names that are not valid UTF-8 (Python gives
+their undecodable bytes as lone surrogates): the buffer keeps surrogates as they are.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import itertools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+_ERRORS = "surrogatepass"
 
 
 class IdTable:
@@ -23,7 +28,7 @@ class IdTable:
     """
 
     def __init__(self, ids: Sequence[str]) -> None:
-        encoded = [i.encode() for i in ids]
+        encoded = [i.encode("utf-8", _ERRORS) for i in ids]
         self._blob = b"".join(encoded)
         self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
         np.cumsum([len(e) for e in encoded], out=self._offsets[1:])
@@ -36,7 +41,7 @@ class IdTable:
 
     def __getitem__(self, position: int) -> str:
         start, stop = self._offsets[position], self._offsets[position + 1]
-        return self._blob[start:stop].decode()
+        return self._blob[start:stop].decode("utf-8", _ERRORS)
 
     def __contains__(self, id: object) -> bool:
         return isinstance(id, str) and self.find(id) >= 0
@@ -63,14 +68,30 @@ class IdTable:
 
     def tolist(self) -> list[str]:
         text, offsets = self._blob, self._offsets.tolist()
-        return [text[a:b].decode() for a, b in itertools.pairwise(offsets)]
+        return [text[a:b].decode("utf-8", _ERRORS) for a, b in itertools.pairwise(offsets)]
 
     def take(self, positions: Iterable[int]) -> list[str]:
         """The ids at ``positions``."""
         where = np.fromiter(positions, dtype=np.int64)
         starts, stops = self._offsets[where].tolist(), self._offsets[where + 1].tolist()
         text = self._blob
-        return [text[a:b].decode() for a, b in zip(starts, stops, strict=True)]
+        return [text[a:b].decode("utf-8", _ERRORS) for a, b in zip(starts, stops, strict=True)]
 
     def nbytes(self) -> int:
         return len(self._blob) + self._offsets.nbytes + self._order.nbytes + self._hashes.nbytes
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print or send as UTF-8: undecodable bytes of a file name become
+    ``\\xNN`` escapes (``b"caf\\xe9.jpg"`` shows as ``caf\\xe9.jpg``); other text is unchanged.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")

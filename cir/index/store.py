@@ -8,16 +8,21 @@ A saved index is a folder::
     sidecars.<tag>.safetensors      one tensor per sidecar (optional)
     sidecars.<tag>.json             each sidecar's meta and per-row meta (optional)
     skipped.json                    images a build could not read, with the reason
+    cir-index.json                  the marker: this folder is cir's, and the files cir wrote
+    .cir-lock                       locked by the process writing the folder
 
 Every data file is written under a new ``<tag>`` through a temporary name and ``os.replace``;
 the manifest (which names the files and their sizes) replaces the previous one last, so a crash
 leaves either the old index or the new one, never a mix. Files of older generations are removed
 after the new manifest is in place. Nothing is pickled.
+
+The folder is cir's (``cir-index.json`` marks it and lists the data files cir wrote there, see
+:mod:`cir.index.folder`): a save never writes into a foreign folder and deletes only files it
+listed. Writers hold the folder's lock; readers retry when a save replaced the files they read.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -31,12 +36,22 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cir.errors import DataError
+from cir.index import validate
+from cir.index.folder import (
+    LOCK,
+    MANIFEST,
+    MARKER,
+    SKIPPED,
+    FolderLock,
+    claim,
+    record,
+    remove_owned,
+)
 
 FORMAT = "cir-gallery-index"
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SKIPPED = "skipped.json"
-_GENERATED = ("ids.", "embeddings.", "sidecars.")
+SAVE_WAIT_SECONDS = 30.0
+_READ_ATTEMPTS = 20
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -75,7 +90,13 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=1, ensure_ascii=False).encode())
+    """Write ``value`` as JSON (UTF-8; ASCII escapes when it holds undecodable file names)."""
+    text = json.dumps(value, indent=1, ensure_ascii=False)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: \udcXX escapes read back as the same text
+        data = json.dumps(value, indent=1).encode("ascii")
+    write_atomic(path, data)
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -87,28 +108,44 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save(stored: Stored, directory: str | Path) -> Path:
-    """Write ``stored`` into ``directory`` (created if needed) atomically; return the manifest."""
+    """Write ``stored`` into ``directory`` atomically; return the manifest's path.
+
+    The folder is created if needed and must be cir's (see :mod:`cir.index.folder`): a folder
+    that is not empty and not marked as an index is refused. Writers hold the folder's lock.
+    """
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
-    tag = secrets.token_hex(4)
-    files = {"ids": f"ids.{tag}.json", "embeddings": f"embeddings.{tag}.safetensors"}
+    with FolderLock(folder, wait=SAVE_WAIT_SECONDS, what="save"):
+        claim(folder)
+        tag = secrets.token_hex(4)
+        files = {"ids": f"ids.{tag}.json", "embeddings": f"embeddings.{tag}.safetensors"}
+        if stored.sidecars:
+            files["sidecars"] = f"sidecars.{tag}.safetensors"
+            files["sidecar_meta"] = f"sidecars.{tag}.json"
+        record(folder, files.values())
+        _write_files(folder, files, stored)
+        write_json(folder / MANIFEST, _manifest(folder, files, stored))
+        remove_owned(folder, keep=set(files.values()))
+    return folder / MANIFEST
+
+
+def _write_files(folder: Path, files: dict[str, str], stored: Stored) -> None:
     write_json(folder / files["ids"], {"ids": stored.ids, "paths": stored.paths})
     _save_tensors(folder / files["embeddings"], {"embeddings": stored.embeddings})
-    side_info = {}
     if stored.sidecars:
-        files["sidecars"] = f"sidecars.{tag}.safetensors"
-        files["sidecar_meta"] = f"sidecars.{tag}.json"
         _save_tensors(
             folder / files["sidecars"], {n: t for n, (t, _, _) in stored.sidecars.items()}
         )
         metas = {n: {"meta": m, "rows": r} for n, (_, m, r) in stored.sidecars.items()}
         write_json(folder / files["sidecar_meta"], metas)
-        side_info = {
-            n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-            for n, (t, _, _) in stored.sidecars.items()
-        }
     write_json(folder / SKIPPED, stored.skipped)
-    manifest = {
+
+
+def _manifest(folder: Path, files: dict[str, str], stored: Stored) -> dict[str, Any]:
+    side_info = {
+        n: {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
+        for n, (t, _, _) in stored.sidecars.items()
+    }
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "count": len(stored.ids),
@@ -124,9 +161,6 @@ def save(stored: Stored, directory: str | Path) -> Path:
         "skipped": len(stored.skipped),
         "created": stored.created or creation_info(),
     }
-    write_json(folder / MANIFEST, manifest)
-    _remove_old_generations(folder, set(files.values()))
-    return folder / MANIFEST
 
 
 def creation_info() -> dict[str, Any]:
@@ -139,16 +173,24 @@ def creation_info() -> dict[str, Any]:
     }
 
 
-def _remove_old_generations(folder: Path, keep: set[str]) -> None:
-    for path in folder.iterdir():
-        if path.name.startswith(_GENERATED) and path.name not in keep and path.is_file():
-            with contextlib.suppress(OSError):  # still open elsewhere (Windows): next save
-                path.unlink(missing_ok=True)
-
-
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of the index in ``directory``, checked for format and completeness."""
     folder = Path(directory)
+    for _ in range(_READ_ATTEMPTS):
+        manifest = _read_manifest_once(folder)
+        missing = _first_bad_file(folder, manifest)
+        if missing is None:
+            return manifest
+        if _read_manifest_once(folder) == manifest:  # not a save in progress: really damaged
+            raise DataError(
+                f"{folder} is damaged: {missing}; rebuild the index "
+                "(or resume the build that wrote it)"
+            )
+        time.sleep(0.01)
+    raise DataError(f"{folder} kept changing while it was read; is a process rewriting it?")
+
+
+def _read_manifest_once(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise DataError(
             f"no gallery index at {folder}: the folder does not exist; "
@@ -159,69 +201,96 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         hint = (
             "a build or save into it was interrupted; finish it with "
             "`cir index build ... --resume` (or GalleryIndex.build(..., resume=True)) or rebuild it"
-            if any(folder.iterdir())
+            if any(p.name not in (LOCK, MARKER) for p in folder.iterdir())
             else "it is empty; build an index with `cir index build FOLDER --model NAME --out DIR`"
         )
         raise DataError(f"{folder} is not a complete gallery index (no {MANIFEST}): {hint}")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not valid JSON ({exc}); rebuild the index") from exc
+    manifest = _read_json(path)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path} is not a cir gallery index manifest (format {FORMAT!r} expected)")
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise DataError(
-            f"{folder} uses index format {manifest['format_version']}, newer than this cir "
-            f"(reads up to {FORMAT_VERSION}); upgrade cir or rebuild the index"
-        )
-    for name, size in manifest.get("sizes", {}).items():
-        file = folder / name
-        if not file.is_file() or file.stat().st_size != size:
-            state = "missing" if not file.is_file() else f"{file.stat().st_size} bytes, not {size}"
-            raise DataError(
-                f"{folder} is damaged: {name} is {state}; rebuild the index "
-                "(or resume the build that wrote it)"
-            )
+    validate.check_manifest(manifest, path, FORMAT_VERSION)
     return manifest
 
 
+def _first_bad_file(folder: Path, manifest: dict[str, Any]) -> str | None:
+    for name, size in manifest["sizes"].items():
+        try:
+            actual = (folder / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if actual != size:
+            return f"{name} is {actual} bytes, not {size}"
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"{path} is not valid JSON ({_short(exc)}); rebuild the index") from None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 def load(directory: str | Path, mmap: bool = True) -> tuple[dict[str, Any], Stored]:
-    """Read a saved index; with ``mmap`` the tensors stay memory-mapped (read on demand)."""
+    """Read a saved index; with ``mmap`` the tensors stay memory-mapped (read on demand).
+
+    A save running at the same time (in another process) replaces the files under the reader:
+    the read is then retried with the new manifest, so a healthy index never looks damaged.
+    """
     folder = Path(directory)
-    manifest = read_manifest(folder)
+    for _ in range(_READ_ATTEMPTS):
+        manifest = read_manifest(folder)
+        try:
+            return manifest, _load_files(folder, manifest, mmap)
+        except FileNotFoundError:
+            time.sleep(0.01)  # a newer generation replaced this one: read the new manifest
+    raise DataError(f"{folder} kept changing while it was read; is a process rewriting it?")
+
+
+def _load_files(folder: Path, manifest: dict[str, Any], mmap: bool) -> Stored:
     files = manifest["files"]
-    ids_doc = json.loads((folder / files["ids"]).read_text())
-    emb = _load_tensors(folder / files["embeddings"], mmap)["embeddings"]
-    ids = ids_doc["ids"]
-    if len(ids) != manifest["count"] or emb.shape != (manifest["count"], manifest["dim"]):
-        raise DataError(
-            f"{folder} is inconsistent: manifest says {manifest['count']} x {manifest['dim']}, "
-            f"files hold {len(ids)} ids and embeddings {tuple(emb.shape)}; rebuild the index"
-        )
+    ids_path = folder / files["ids"]
+    ids, paths = validate.check_ids_doc(_read_json(ids_path), manifest, ids_path)
+    emb_path = folder / files["embeddings"]
+    emb = validate.check_embeddings(_load_tensors(emb_path, mmap), manifest, emb_path)
+    validate.check_rows(emb, ids, emb_path, validate.sampled_positions(len(ids)))
     sidecars = {}
     if "sidecars" in files:
+        meta_path = folder / files["sidecar_meta"]
         tensors = _load_tensors(folder / files["sidecars"], mmap)
-        metas = json.loads((folder / files["sidecar_meta"]).read_text())
-        sidecars = {n: (tensors[n], metas[n]["meta"], metas[n]["rows"]) for n in tensors}
+        sidecars = validate.check_sidecars(tensors, _read_json(meta_path), manifest, meta_path)
     skipped_path = folder / SKIPPED
-    skipped = json.loads(skipped_path.read_text()) if skipped_path.is_file() else []
-    stored = Stored(
+    skipped = (
+        validate.check_skipped(_read_json(skipped_path), skipped_path)
+        if skipped_path.is_file()
+        else []
+    )
+    return Stored(
         ids=ids,
         embeddings=emb,
-        paths=ids_doc.get("paths"),
+        paths=paths,
         root=manifest.get("root"),
         encoder=manifest.get("encoder"),
         sidecars=sidecars,
         skipped=skipped,
         created=manifest.get("created", {}),
     )
-    return manifest, stored
 
 
 def _load_tensors(path: Path, mmap: bool) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types
-        raise DataError(f"cannot read {path} ({exc}); rebuild the index") from exc
+        if not path.is_file():  # replaced by a concurrent save while opening it
+            raise FileNotFoundError(path) from None
+        raise DataError(f"cannot read {path} ({_short(exc)}); rebuild the index") from exc
     return tensors if mmap else {k: v.clone() for k, v in tensors.items()}

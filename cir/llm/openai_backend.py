@@ -4,8 +4,12 @@ Requests of a batch run concurrently (at most ``max_concurrency`` at once) on an
 client; ``generate`` itself is synchronous. 429, 5xx, timeouts, dropped connections and malformed
 bodies are retried with exponential backoff and jitter (``Retry-After`` is honoured); other errors
 and exhausted retries raise :class:`~cir.errors.BackendError` naming the URL and what to check.
+Every request has an overall deadline (``timeout``, to the last byte) and a size limit
+(``max_response_bytes``), and every answer is checked for shape before it is used, so a slow,
+huge or malformed answer is an error, never a hang or a crash.
 The API key is read from the environment variable named by ``api_key_env`` at request time; it
-is never stored on the backend, in its identity, or in messages.
+is never stored on the backend, in its identity, or in messages: it is registered with
+:mod:`cir.redaction`, and everything quoted from a server or a URL is redacted.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import httpx
 from cir.errors import BackendError, ConfigError
 from cir.llm.base import ChatRequest, Generation, check_batch
 from cir.llm.images import to_data_url
+from cir.llm.openai_answers import decode_answer, excerpt, join, parse, total
+from cir.redaction import redact, register_secret
 from cir.resources import Resources
 
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -41,7 +47,8 @@ class Options:
         base_url: the API root (``.../v1``); ``/chat/completions`` is appended.
         api_key_env: NAME of the environment variable holding the key (null: send no key).
             A missing key is an error except for servers on this machine.
-        timeout: seconds for one HTTP request.
+        timeout: seconds for one HTTP request, from sending it to the last byte of the answer
+            (a server that keeps sending a byte now and then cannot hold a request longer).
         max_retries: retries after the first attempt (429, 5xx, timeouts, bad bodies).
         backoff: first retry delay in seconds, doubled each retry, with jitter.
         max_backoff: longest wait between attempts (also caps ``Retry-After``).
@@ -50,6 +57,7 @@ class Options:
         image_format: ``jpeg`` or ``png`` for the base64 data URLs.
         split_n: send ``n`` requests of one sample each (seeds ``seed``, ``seed+1``, ...) for
             servers that ignore ``n``.
+        max_response_bytes: largest answer body accepted; a larger one is refused unread.
     """
 
     model: str
@@ -63,11 +71,12 @@ class Options:
     max_image_side: int | None = 1024
     image_format: Literal["jpeg", "png"] = "jpeg"
     split_n: bool = False
+    max_response_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
-        for name in ("timeout", "max_concurrency"):
+        for name in ("timeout", "max_concurrency", "max_response_bytes"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.max_retries < 0 or self.backoff < 0:
@@ -88,7 +97,8 @@ class OpenAICompatibleLLM:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        self.url = options.base_url.rstrip("/") + "/chat/completions"
+        self._endpoint = _endpoint(options.base_url)  # may carry user info and a query
+        self.url = _public_url(str(self._endpoint))  # what messages show
         self.identity = f"openai:{_public_url(options.base_url)}:{options.model}"
         self.stats = {"attempts": 0, "retries": 0}
         self._stats_lock = threading.Lock()
@@ -119,17 +129,17 @@ class OpenAICompatibleLLM:
     async def _generate_one(self, client, gate, req: ChatRequest) -> Generation:
         if not self.options.split_n or req.n == 1:
             body = await self._post(client, gate, self._payload(req, req.n, req.seed))
-            return _parse(body, req, self.url)
+            return parse(body, req, self.url)
         payload = self._payload(req, 1, req.seed)  # images encoded once for all samples
         bodies = await asyncio.gather(
             *(self._post(client, gate, {**payload, "seed": req.seed + i}) for i in range(req.n))
         )
-        parts = [_parse(b, req, self.url, n=1) for b in bodies]
+        parts = [parse(b, req, self.url, n=1) for b in bodies]
         return Generation(
             texts=[p.text for p in parts],
-            first_token_logprobs=_join(p.first_token_logprobs for p in parts),
+            first_token_logprobs=join(p.first_token_logprobs for p in parts),
             prompt_tokens=parts[0].prompt_tokens,
-            completion_tokens=_sum(p.completion_tokens for p in parts),
+            completion_tokens=total(p.completion_tokens for p in parts),
         )
 
     def _payload(self, req: ChatRequest, n: int, seed: int) -> dict[str, Any]:
@@ -186,34 +196,55 @@ class OpenAICompatibleLLM:
     async def _attempt(self, client, payload) -> dict[str, Any] | tuple[str, float | None]:
         """One HTTP round trip: the body, or (what went wrong, server-requested wait)."""
         try:
-            response = await client.post(self.url, json=payload)
-        except httpx.TimeoutException:
+            status, headers, raw = await asyncio.wait_for(
+                self._exchange(client, payload), self.options.timeout
+            )
+        except (asyncio.TimeoutError, httpx.TimeoutException):
             return f"no answer within {self.options.timeout} s (timeout)", None
         except httpx.ConnectError as exc:
-            return f"cannot connect ({exc or 'connection refused'}); is the server running?", None
+            return (
+                f"cannot connect ({_clean(exc) or 'connection refused'}); is the server running?",
+                None,
+            )
         except httpx.TransportError as exc:
-            return f"connection failed ({type(exc).__name__}: {exc})", None
-        if response.status_code in _RETRY_STATUS:
-            wait = _retry_after(response.headers.get("retry-after"))
-            return f"HTTP {response.status_code} {_excerpt(response.text)}", wait
-        if response.status_code >= 400:
-            raise BackendError(self._refusal(response))
-        try:
-            body = response.json()
-        except ValueError:
-            return f"malformed JSON body {_excerpt(response.text)!r}", None
-        if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-            return f"answer without 'choices': {_excerpt(response.text)!r}", None
-        return body
+            return f"connection failed ({type(exc).__name__}: {_clean(exc)})", None
+        text = raw.decode("utf-8", "replace")
+        if status in _RETRY_STATUS:
+            return f"HTTP {status} {excerpt(text)}", _retry_after(headers.get("retry-after"))
+        if status >= 400:
+            raise BackendError(self._refusal(status, text))
+        return decode_answer(raw, text)
 
-    def _refusal(self, response: httpx.Response) -> str:
+    async def _exchange(self, client, payload) -> tuple[int, httpx.Headers, bytes]:
+        """POST and read the answer, refusing it as soon as it outgrows the size limit."""
+        limit = self.options.max_response_bytes
+        async with client.stream("POST", self._endpoint, json=payload) as response:
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise BackendError(self._too_large(int(declared)))
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise BackendError(self._too_large(size))
+                chunks.append(chunk)
+            return response.status_code, response.headers, b"".join(chunks)
+
+    def _too_large(self, size: int) -> str:
+        return (
+            f"{self.url} sent an answer of more than {self.options.max_response_bytes} bytes "
+            f"({size} so far); it was refused. If the server is trusted and its answers are "
+            "that large, raise max_response_bytes."
+        )
+
+    def _refusal(self, status: int, text: str) -> str:
         hint = {
             401: f"the API key was refused: check the key in ${self.options.api_key_env}",
             403: f"access denied: check the key in ${self.options.api_key_env} and its rights",
-            404: f"check base_url ({self.options.base_url}) and that model "
+            404: f"check base_url ({_public_url(self.options.base_url)}) and that model "
             f"{self.options.model!r} exists on the server",
-        }.get(response.status_code, "the server refused the request as sent")
-        return f"{self.url} answered HTTP {response.status_code} {_excerpt(response.text)}: {hint}"
+        }.get(status, "the server refused the request as sent")
+        return f"{self.url} answered HTTP {status} {excerpt(text)}: {hint}"
 
     def _delay(self, attempt: int, server_wait: float | None) -> float:
         jittered = self.options.backoff * (2**attempt) * random.uniform(0.5, 1.0)
@@ -223,6 +254,7 @@ class OpenAICompatibleLLM:
         name = self.options.api_key_env
         key = os.environ.get(name) if name else None
         if key:
+            register_secret(key)  # masked in every message from now on, whatever its name
             return {"Authorization": f"Bearer {key}"}
         if name and not _is_local(self.options.base_url):
             raise ConfigError(
@@ -235,47 +267,6 @@ class OpenAICompatibleLLM:
     def _count(self, what: str) -> None:
         with self._stats_lock:
             self.stats[what] += 1
-
-
-def _parse(body: dict[str, Any], req: ChatRequest, url: str, n: int | None = None) -> Generation:
-    choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-    want = req.n if n is None else n
-    if len(choices) < want:
-        raise BackendError(
-            f"{url} returned {len(choices)} of the n={want} samples asked for; this server "
-            "ignores n: set split_n: true to ask for one sample per request"
-        )
-    try:
-        texts = [(c["message"].get("content") or "").strip() for c in choices[:want]]
-    except (KeyError, AttributeError, TypeError):
-        raise BackendError(f"{url} answered choices without a message: {choices[:1]!r}") from None
-    logprobs = [_top_logprobs(c) for c in choices[:want]] if req.logprobs else None
-    usage = body.get("usage") or {}
-    return Generation(
-        texts=texts,
-        first_token_logprobs=logprobs,
-        prompt_tokens=usage.get("prompt_tokens"),
-        completion_tokens=usage.get("completion_tokens"),
-    )
-
-
-def _top_logprobs(choice: dict[str, Any]) -> dict[str, float]:
-    content = (choice.get("logprobs") or {}).get("content") or []
-    if not content:
-        return {}
-    first = content[0]
-    top = first.get("top_logprobs") or [first]
-    return {t["token"]: float(t["logprob"]) for t in top}
-
-
-def _join(rows):
-    rows = list(rows)
-    return None if any(r is None for r in rows) else [r[0] for r in rows]
-
-
-def _sum(values):
-    values = list(values)
-    return None if any(v is None for v in values) else sum(values)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -293,9 +284,18 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _excerpt(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _clean(exc: BaseException) -> str:
+    return redact(str(exc))
+
+
+def _endpoint(base_url: str) -> httpx.URL:
+    """``<base_url>/chat/completions``, keeping the base URL's user info and query string
+    (sent as given, never shown); their values are registered as secrets."""
+    parsed = httpx.URL(base_url)
+    register_secret(parsed.password)
+    for _, value in parsed.params.multi_items():
+        register_secret(value)
+    return parsed.copy_with(path=parsed.path.rstrip("/") + "/chat/completions")
 
 
 def _public_url(url: str) -> str:

@@ -108,6 +108,13 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ConfigError(f"invalid device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.") from err
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} was requested but CUDA is not available; use 'cpu'.")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device {device!r} does not exist: this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s); use cuda:0 .. cuda:N-1 or 'cpu'."
+        )
+    if chosen.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'.")
     return chosen
 
 

@@ -237,3 +237,33 @@ def test_cli_info_export_import_clear(tmp_path: Path) -> None:
     bad = runner.invoke(cli, ["cache", "import", str(tmp_path / "none.jsonl"), *b])
     assert bad.exit_code != 0 and "does not exist" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_a_cache_from_a_newer_schema_is_refused_with_a_clear_message(tmp_path):
+    import sqlite3
+
+    from cir.cache import SCHEMA_VERSION, ContentCache
+    from cir.errors import DataError
+
+    path = tmp_path / "cache.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(DataError, match="newer cir"):
+        ContentCache(path)
+
+
+def test_an_eight_column_cache_is_brought_up_to_date(tmp_path):
+    import sqlite3
+
+    from cir.cache import ContentCache
+
+    path = tmp_path / "cache.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE entries (key TEXT PRIMARY KEY, kind TEXT NOT NULL, stage TEXT NOT NULL,"
+            " model TEXT NOT NULL, encoding TEXT NOT NULL, value BLOB NOT NULL,"
+            " parts TEXT NOT NULL, created REAL NOT NULL)"
+        )
+    cache = ContentCache(path)
+    key = cache.put(CacheEntry({"stage": "caption", "model": "m"}, {"texts": ["a red dress"]}))
+    assert cache.get(key) == {"texts": ["a red dress"]}

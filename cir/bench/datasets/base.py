@@ -146,8 +146,56 @@ class BenchDataset:
         try:
             with path.open(encoding="utf-8") as f:
                 return json.load(f)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.name}: {path} is not valid JSON ({exc})") from None
+        except RecursionError:
+            raise DataError(f"{self.name}: {path} is not valid JSON (nested too deeply)") from None
+
+    def records(self, path: Path, fields: dict[str, type | tuple[type, ...]]) -> list[dict]:
+        """The annotation file at ``path``: a list of objects, each with ``fields`` of these
+        types; a malformed entry is a DataError naming the file, the entry and the field."""
+        data = self.read_json(path)
+        if not isinstance(data, list):
+            raise DataError(
+                f"{self.name}: {path} must hold a list of entries, not {type(data).__name__}"
+            )
+        for n, entry in enumerate(data):
+            check_entry(self.name, path, n, entry, fields)
+        return data
+
+    def mapping(self, path: Path, values: type | tuple[type, ...]) -> dict[str, Any]:
+        """The JSON object at ``path`` (e.g. a split file), its values of type ``values``."""
+        data = self.read_json(path)
+        bad = not isinstance(data, dict) or any(not isinstance(v, values) for v in data.values())
+        if bad:
+            raise DataError(
+                f"{self.name}: {path} must be an object of names to "
+                f"{_type_names(values)}; this file is not (is it the right file?)"
+            )
+        return data
+
+
+def check_entry(name: str, path: Path, n: int, entry: Any, fields: dict[str, Any]) -> None:
+    """Refuse annotation entry ``n`` unless it is an object with ``fields`` of their types."""
+    if not isinstance(entry, dict):
+        raise DataError(f"{name}: {path}, entry {n} is {type(entry).__name__}, not an object")
+    for field_name, types in fields.items():
+        value = entry.get(field_name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            shown = (
+                "missing" if field_name not in entry else f"{type(value).__name__} {value!r:.40}"
+            )
+            raise DataError(
+                f"{name}: {path}, entry {n}: field {field_name!r} is {shown}; "
+                f"expected {_type_names(types)} (is the file damaged or from another release?)"
+            )
+
+
+def _type_names(types: type | tuple[type, ...]) -> str:
+    names = [t.__name__ for t in (types if isinstance(types, tuple) else (types,))]
+    return " or ".join(
+        {"str": "text", "int": "an integer", "list": "a list"}.get(n, n) for n in names
+    )
 
 
 def images_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from cir.bench.datasets.base import BenchDataset, Part, Protocol, tree
+from cir.bench.datasets.base import BenchDataset, Part, Protocol, check_entry, tree
 from cir.errors import DataError
 from cir.types import Query
 
@@ -25,6 +25,11 @@ SEMANTIC_ASPECTS = (
     "spatial_relations_background",
     "viewpoint",
 )
+
+
+_ID = (int, str)
+_QUERY_FIELDS = {"id": _ID, "reference_img_id": _ID, "relative_caption": str, "shared_concept": str}
+_VAL_FIELDS = {"target_img_id": _ID, "gt_img_ids": list}
 
 
 class CIRCO(BenchDataset):
@@ -61,7 +66,11 @@ class CIRCO(BenchDataset):
         return [self.annotation_file(split), self.image_info_file]
 
     def queries(self, split: str) -> list[Query]:
-        records = self.read_json(self.annotation_file(split))
+        path = self.annotation_file(split)
+        records = self.records(path, _QUERY_FIELDS)
+        for n, r in enumerate(records):
+            if "gt_img_ids" in r:
+                check_entry(self.name, path, n, r, _VAL_FIELDS)
         return [self._query(r) for r in records]
 
     def _query(self, r: dict) -> Query:
@@ -89,6 +98,8 @@ class CIRCO(BenchDataset):
         images = info.get("images") if isinstance(info, dict) else None
         if not isinstance(images, list):
             raise DataError(f"circo: {self.image_info_file} has no 'images' list")
+        for n, im in enumerate(images):
+            check_entry(self.name, self.image_info_file, n, im, {"id": _ID, "file_name": str})
         folder = self.image_root / "COCO2017_unlabeled" / "unlabeled2017"
         return {str(im["id"]): folder / im["file_name"] for im in images}
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from cir.bench.datasets.base import BenchDataset, Part, Protocol, tree
+from cir.bench.datasets.base import BenchDataset, Part, Protocol, check_entry, tree
 from cir.types import Query
 
 #: The user-facing split names and the rc2 file names behind them.
 SPLIT_FILES = {"val": "val", "test": "test1"}
 VERSION = "rc2"
+_QUERY_FIELDS = {"pairid": (int, str), "reference": str, "caption": str, "img_set": dict}
 
 
 class CIRR(BenchDataset):
@@ -53,7 +54,13 @@ class CIRR(BenchDataset):
         return [self.captions_file(split), self.split_file(split)]
 
     def queries(self, split: str) -> list[Query]:
-        return [self._query(r) for r in self.read_json(self.captions_file(split))]
+        path = self.captions_file(split)
+        records = self.records(path, _QUERY_FIELDS)
+        for n, r in enumerate(records):
+            check_entry(self.name, path, n, r["img_set"], {"id": (int, str), "members": list})
+            if "target_hard" in r:
+                check_entry(self.name, path, n, r, {"target_hard": str})
+        return [self._query(r) for r in records]
 
     def _query(self, r: dict) -> Query:
         extras = {
@@ -72,11 +79,11 @@ class CIRR(BenchDataset):
 
     def gallery_names(self, split: str) -> list[str]:
         """The split's image names (evaluation checks predictions against these)."""
-        return list(self.read_json(self.split_file(split)))
+        return list(self.mapping(self.split_file(split), str))
 
     def gallery(self, split: str) -> dict[str, Path]:
         """Image name → path, resolved under the image root as the split file gives it."""
-        mapping = self.read_json(self.split_file(split))
+        mapping = self.mapping(self.split_file(split), str)
         return {name: self.image_root / rel for name, rel in mapping.items()}
 
     def parts(self, split: str) -> list[Part]:

@@ -13,8 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
-from cir.bench.datasets.base import BenchDataset, Part, Protocol, images_by_stem, tree
-from cir.errors import ConfigError
+from cir.bench.datasets.base import (
+    BenchDataset,
+    Part,
+    Protocol,
+    check_entry,
+    images_by_stem,
+    tree,
+)
+from cir.errors import ConfigError, DataError
 from cir.types import Query
 
 CATEGORIES = ("dress", "shirt", "toptee")
@@ -83,7 +90,15 @@ class FashionIQ(BenchDataset):
         return [q for c in self.categories for q in self.category_queries(c, split)]
 
     def category_queries(self, category: str, split: str) -> list[Query]:
-        records = self.read_json(self.captions_file(category, split))
+        path = self.captions_file(category, split)
+        records = self.records(path, {"candidate": str, "captions": list})
+        for n, r in enumerate(records):
+            if not r["captions"] or not all(isinstance(c, str) for c in r["captions"]):
+                raise DataError(
+                    f"fashioniq: {path}, entry {n}: 'captions' must be a non-empty list of text"
+                )
+            if "target" in r:
+                check_entry(self.name, path, n, r, {"target": str})
         return [self._query(category, i, r) for i, r in enumerate(records)]
 
     def _query(self, category: str, index: int, r: dict) -> Query:
@@ -104,7 +119,11 @@ class FashionIQ(BenchDataset):
 
     def gallery_names(self, category: str, split: str) -> list[str]:
         """The category's gallery image names for the split."""
-        return list(self.read_json(self.split_file(category, split)))
+        path = self.split_file(category, split)
+        names = self.read_json(path)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DataError(f"fashioniq: {path} must be a list of image names (text)")
+        return names
 
     def parts(self, split: str) -> list[Part]:
         found = images_by_stem(self.image_root / "images", IMAGE_EXTENSIONS)
