@@ -293,3 +293,75 @@ def test_encode_text_reads_texts_and_empty_lists_from_data(world):
     mean.setup(ctx)
     with pytest.raises(DataError, match="nothing to average"):
         mean.run(states[1:2], ctx)
+
+
+# ---------------------------------------------------------------------------- consistency
+def run_consistency(world, llm, **params):
+    from cir import QueryState
+    from cir.llm import spec_key
+    from cir.stages.base import Context
+    from cir.stages.consistency import Consistency
+    from cir.types import Ranking, StageRecord
+
+    index = world["index"]
+    spec = scripted(f"consistency{id(llm)}", default="unused")
+    resources = Resources()
+    resources.get(spec_key(spec), lambda: llm)
+    stage = Consistency(llm=spec, **params)
+    ctx = Context(index=index, resources=resources)
+    stage.setup(ctx)
+    state = QueryState(Query("make it blue", reference_id="red.png", id="q"))
+    state.ranking = Ranking(tuple(index.ids), tuple(float(-i) for i in range(len(index))))
+    state.embeddings["image"] = index.embedding("red.png").float()
+    state.trace.append(StageRecord(stage="consistency", name="consistency"))
+    return stage.run([state], ctx)[0]
+
+
+def test_consistency_fallbacks_leave_a_check_out_or_fill_with_the_mean(world):
+    from cir.llm import ScriptedLLM
+
+    def answers(req) -> str:
+        if len(req.images) == 1:
+            return ""  # the reverse text fails: that check is left out
+        return "" if req.images[1].getpixel((2, 2)) == SOLID["blue"] else "make it green"
+
+    state = run_consistency(world, ScriptedLLM(fn=answers), top_n=4)
+    data, record = state.data["consistency"], state.record("consistency")
+    head = list(data["scores"])
+    assert record.fallbacks == 2 and data["reverse_text"] is None
+    assert all(row["reverse_query"] == 0.0 for row in data["scores"].values())
+    filled = [data["scores"][gid]["reverse_caption"] for gid in head]
+    described = [v for gid, v in zip(head, filled, strict=True) if gid != "blue.png"]
+    assert "blue.png" in head  # ids are sorted: astronaut, blue, chelsea, coffee, ...
+    blue = filled[head.index("blue.png")]
+    assert blue == pytest.approx(sum(described) / len(described), abs=1e-5)
+    assert state.ranking.ids[4:] == tuple(world["index"].ids[4:])
+
+
+def test_consistency_runs_one_check_with_its_own_weight(world):
+    from cir.llm import ScriptedLLM
+
+    llm = ScriptedLLM(fn=describe_change)
+    state = run_consistency(world, llm, top_n=3, checks=["reverse_caption"],
+                            weight_original=0.0)  # fmt: skip
+    assert len(llm.calls) == 3 and all(len(c.images) == 2 for c in llm.calls)
+    scores = state.data["consistency"]["scores"]
+    assert all("reverse_query" not in row for row in scores.values())
+    totals = [scores[gid]["total"] for gid in state.ranking.ids[:3]]
+    assert totals == sorted(totals, reverse=True)
+    assert all(r["total"] == pytest.approx(r["reverse_caption"]) for r in scores.values())
+
+
+def test_consistency_refuses_bad_settings(world, tmp_path):
+    from cir.errors import ConfigError
+    from cir.llm import ScriptedLLM
+    from cir.stages.consistency import Consistency
+
+    with pytest.raises(ConfigError, match="checks"):
+        Consistency(checks=[])
+    with pytest.raises(ConfigError, match="alpha"):
+        Consistency(alpha=2.0)
+    own = tmp_path / "one_image.v1.md"
+    own.write_text("---\nvariables: []\nimages: 1\nparser: {kind: text}\n---\nDescribe.")
+    with pytest.raises(ConfigError, match="takes 1 image"):
+        run_consistency(world, ScriptedLLM(default="x"), reverse_caption_prompt=str(own))
