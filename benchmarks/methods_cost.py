@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from rerank import table  # the markdown table of benchmarks/rerank.py (run from benchmarks/)
 
 from cir import Query
 from cir.gallery_captions import set_caption_sidecar
@@ -106,13 +107,6 @@ def measure(name: str, index: GalleryIndex, queries: int, processor) -> list[dic
             "largest_image": f"{largest[0]}x{largest[1]}" if largest else "-",
         })  # fmt: skip
     return rows
-
-
-def table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    lines = [" | ".join(keys), " | ".join("---" for _ in keys)]
-    lines += [" | ".join(str(row[k]) for k in keys) for row in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from cir.resources import Resources
 from cir.scoring import l2_normalize, weimocir_scores
 from cir.scoring.objects import multi_grained_scores
 from cir.scoring.verification import reverse_query_similarity
+from tests.integration.test_rerank_pipelines import CallCounter
 
 SOLID = {"red": (220, 20, 20), "green": (20, 220, 20), "blue": (20, 20, 220), "white": (250,) * 3}
 PIPELINES = ("imagescope", "cotmr", "mcotre", "setr", "cirevl_sc4cir")
@@ -78,19 +79,6 @@ def tiny_overrides(name: str, models: dict[str, str]) -> dict:
             "stages.recompose.max_tokens": 8, "stages.consistency.llm": vlm,
             "stages.consistency.top_n": 4, "stages.consistency.max_tokens": 8,
             "stages.retrieve.k": 6}  # fmt: skip
-
-
-class CallCounter:
-    """Counts the requests a real backend receives (its real ``generate`` still runs)."""
-
-    def __init__(self, backend) -> None:
-        self.requests = 0
-        self._generate = backend.generate
-        backend.generate = self
-
-    def __call__(self, requests):
-        self.requests += len(requests)
-        return self._generate(requests)
 
 
 def backends(pipe, resources) -> list:
