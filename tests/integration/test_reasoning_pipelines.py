@@ -353,3 +353,43 @@ def test_consistency_refuses_bad_settings(world, tmp_path):
     own.write_text("---\nvariables: []\nimages: 1\nparser: {kind: text}\n---\nDescribe.")
     with pytest.raises(ConfigError, match="takes 1 image"):
         run_consistency(world, ScriptedLLM(default="x"), reverse_caption_prompt=str(own))
+
+
+def test_the_default_verifier_family_runs_raw_through_transformers(world, tmp_path):
+    """ImageScope's verifier is a PaliGemma: no chat template, the raw prompt and the image."""
+    from cir import QueryState
+    from cir.rerank.yesno import parse_yes_no
+    from cir.stages.base import Context
+    from cir.stages.verify_propositions import VerifyPropositions
+    from cir.testing.lm import tiny_paligemma
+    from cir.types import Ranking, StageRecord
+
+    index = world["index"]
+    spec = {"backend": "transformers", "model": tiny_paligemma(tmp_path / "paligemma"),
+            "use_chat_template": False}  # fmt: skip
+    stage = VerifyPropositions(llm=spec, top_n=3, max_tokens=3)
+    resources = Resources()
+    ctx = Context(index=index, resources=resources)
+    stage.setup(ctx)
+    texts, generate = [], stage.backend.generate
+
+    def recorded(requests):
+        assert all(len(r.messages) == 1 and len(r.images) == 1 for r in requests)
+        generations = generate(requests)
+        texts.extend(g.texts[0] for g in generations)
+        return generations
+
+    stage.backend.generate = recorded
+    state = QueryState(Query("make it blue", reference_id="red.png", id="q"))
+    state.ranking = Ranking(tuple(index.ids), tuple(float(-i) for i in range(len(index))))
+    state.data["questions"] = [["Is it blue?", "yes"], ["Is there a cat?", "no"]]
+    state.trace.append(StageRecord(stage="verify_propositions", name="verify_propositions"))
+    state = stage.run([state], ctx)[0]
+    assert len(texts) == 3 * 2
+    answers = state.data["verify_propositions"]["answers"]
+    assert len(answers) == 3 and all(
+        len(a) == 2 and set(a) <= {True, False} for a in answers.values()
+    )
+    assert sorted(state.ranking.ids[:3]) == sorted(index.ids[:3])
+    unreadable = sum(parse_yes_no(t) is None for t in texts)  # each counted, read as "no"
+    assert state.record("verify_propositions").fallbacks == unreadable
