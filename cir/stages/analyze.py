@@ -69,8 +69,9 @@ class Analyze(Stage):
     and Lee, 2025) writes a modification-focused and an integrated caption.
 
     Example:
-        >>> Analyze(prompt="mcotre", targets=["modification_caption"],
-        ...         fields=["modification_caption", "integrated_caption"])
+        >>> Analyze(prompt="mcotre", targets=["modification_caption", "integrated_caption"],
+        ...         fields=[])
+        >>> Analyze(prompt="imagescope-propositions", targets=[], fields=["questions"])
     """
 
     name = "analyze"
