@@ -9,6 +9,19 @@ from cir.errors import DataError
 from cir.rerank.order import apply_order, movements
 from cir.types import QueryState, Ranking
 
+MIN_IMAGE_SIDE = 28
+
+
+def check_head(top_n: int, least: int = 2, **sizes: int) -> None:
+    """Refuse a head of fewer than ``least`` candidates, or an image size (named by its
+    parameter) under ``MIN_IMAGE_SIDE`` pixels (ValueError, which params validation turns into a
+    ConfigError)."""
+    if top_n < least:
+        raise ValueError(f"top_n must be >= {least} (candidates to re-order), got {top_n}")
+    for name, side in sizes.items():
+        if side < MIN_IMAGE_SIDE:
+            raise ValueError(f"{name} must be >= {MIN_IMAGE_SIDE} pixels, got {side}")
+
 
 def require_ranking(state: QueryState, stage: str) -> Ranking:
     """The state's ranking, or a DataError saying which stage must come first."""

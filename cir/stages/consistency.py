@@ -17,7 +17,7 @@ from cir.rerank.order import order_by_scores
 from cir.scoring.verification import consistency_scores, reverse_query_similarity
 from cir.stages._encoders import cached_embeddings, encoder_cache_parts
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
-from cir.stages._reorder import head_size, reorder, require_ranking
+from cir.stages._reorder import check_head, head_size, reorder, require_ranking
 from cir.stages.base import Context, Port, Stage, register_stage
 from cir.state import query_vector
 from cir.types import QueryState
@@ -52,8 +52,7 @@ class ConsistencyParams(GenerationParams):
         super().__post_init__()
         if not self.checks or len(set(self.checks)) != len(self.checks):
             raise ValueError(f"checks must name one or both of {CHECKS} once, got {self.checks}")
-        if self.top_n < 2:
-            raise ValueError(f"top_n must be >= 2 (candidates to re-order), got {self.top_n}")
+        check_head(self.top_n, max_image_side=self.max_image_side)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
 

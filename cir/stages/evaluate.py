@@ -13,7 +13,7 @@ from cir.rerank.pair import side_by_side
 from cir.rerank.yesno import parse_yes_no
 from cir.scoring.verification import promote_first
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
-from cir.stages._reorder import head_size, reorder, require_ranking
+from cir.stages._reorder import check_head, head_size, reorder, require_ranking
 from cir.stages.base import Context, Port, Stage, register_stage
 from cir.types import QueryState
 
@@ -34,10 +34,7 @@ class EvaluateParams(GenerationParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.top_n < 1:
-            raise ValueError(f"top_n must be >= 1, got {self.top_n}")
-        if self.tile_size < 28:
-            raise ValueError(f"tile_size must be >= 28 pixels, got {self.tile_size}")
+        check_head(self.top_n, least=1, tile_size=self.tile_size)
 
 
 @register_stage

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from cir.rerank.order import order_by_scores
-from cir.stages._reorder import head_size, reorder, require_ranking
+from cir.stages._reorder import check_head, head_size, reorder, require_ranking
 from cir.stages.base import Context, Port, Stage, register_stage
 from cir.state import query_vector
 from cir.types import QueryState
@@ -20,8 +20,7 @@ class RescoreParams:
     allow_encoder_mismatch: bool = False
 
     def __post_init__(self) -> None:
-        if self.top_n < 2:
-            raise ValueError(f"top_n must be >= 2 (candidates to re-order), got {self.top_n}")
+        check_head(self.top_n)
 
 
 @register_stage

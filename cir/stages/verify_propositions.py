@@ -13,7 +13,7 @@ from cir.rerank.order import order_by_scores
 from cir.rerank.yesno import parse_yes_no
 from cir.scoring.verification import proposition_matches
 from cir.stages._prompted import GenerationParams, check_variables, stage_generator
-from cir.stages._reorder import head_size, reorder, require_ranking
+from cir.stages._reorder import check_head, head_size, reorder, require_ranking
 from cir.stages.base import Context, Port, Stage, register_stage
 from cir.types import QueryState
 
@@ -36,10 +36,7 @@ class VerifyPropositionsParams(GenerationParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.top_n < 2:
-            raise ValueError(f"top_n must be >= 2 (candidates to re-order), got {self.top_n}")
-        if self.max_image_side < 28:
-            raise ValueError(f"max_image_side must be >= 28 pixels, got {self.max_image_side}")
+        check_head(self.top_n, max_image_side=self.max_image_side)
 
 
 @register_stage
