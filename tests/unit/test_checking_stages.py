@@ -205,3 +205,17 @@ def test_rerankers_need_a_ranking(gallery):
     state.trace.append(StageRecord(stage="rescore", name="rescore"))
     with pytest.raises(DataError, match="put a `retrieve` stage"):
         stage_class("rescore")().run([state], Context(index=index))
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("verify_propositions", {"top_n": 1}, "top_n must be >= 2"),
+        ("verify_propositions", {"max_image_side": 10}, "max_image_side must be >= 28"),
+        ("evaluate", {"top_n": 0}, "top_n must be >= 1"),
+        ("evaluate", {"tile_size": 8}, "tile_size must be >= 28"),
+    ],
+)
+def test_bad_heads_are_refused_with_the_parameter_named(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        stage_class(name)(**params)
