@@ -38,6 +38,7 @@ class RuleInputs:
         reference_row: gallery row of a query's ``reference_id`` (None when not in the gallery).
         fallback: ``fallback(i, reason)`` records that query i used a declared fallback.
         device: where query tensors go (the gallery's device).
+        gallery: every gallery embedding (N, D), for rules that need gallery-wide statistics.
     """
 
     states: list[Any]
@@ -46,6 +47,7 @@ class RuleInputs:
     reference_row: Callable[[int], int | None]
     fallback: Callable[[int, str], None] = lambda i, reason: None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    gallery: torch.Tensor | None = None
 
     def stacked(self, name: str) -> torch.Tensor:
         """Embedding ``name`` of every query as one float32 (Q, D) tensor on ``device``."""
@@ -66,6 +68,10 @@ class GalleryRule:
     def reads(self, query: str) -> tuple[str, ...]:
         return (f"embeddings.{query}",)
 
+    def holds_many(self, field: str) -> bool:
+        """Whether ``field`` holds several vectors per query (an (N, D) matrix)."""
+        return False
+
     def build(self, inputs: RuleInputs) -> ScoreFn:
         raise NotImplementedError
 
@@ -80,6 +86,7 @@ def register_rule(cls: type[GalleryRule]) -> type[GalleryRule]:
 
 
 def rule_names() -> list[str]:
+    _load_more_rules()
     return sorted(_RULES)
 
 
@@ -87,12 +94,18 @@ def make_rule(
     name: str, params: dict[str, Any] | None = None, where: str = "retrieve"
 ) -> GalleryRule:
     """The rule ``name`` with validated ``params`` (ConfigError names the valid ones)."""
+    _load_more_rules()
     if name not in _RULES:
         raise ConfigError(
             f"{where}: unknown scoring rule {name!r}; valid rules: {', '.join(rule_names())}"
         )
     cls = _RULES[name]
     return cls(build_params(cls.Params, dict(params or {}), where=f"{where} rule {name!r}"))
+
+
+def _load_more_rules() -> None:
+    """Register the rules kept in their own modules (imported on first use)."""
+    import cir.scoring.reasoning_rules  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -154,7 +167,14 @@ class WeimocirRule(GalleryRule):
         q = inputs.stacked(inputs.query)
         if p.beta == 0:
             return lambda start, stop, chunk: weimocir_scores(q, chunk, None, None, 0.0)
-        captions, _ = inputs.sidecar(p.captions)
+        try:
+            captions, _ = inputs.sidecar(p.captions)
+        except DataError as exc:
+            raise DataError(
+                f"{exc}; the caption-aware score needs the gallery captions: make them with "
+                f"`cir index caption INDEX_DIR --captioner ... --name {p.captions}` "
+                "(docs/scoring.md)"
+            ) from None
         if captions.dim() != 3:
             raise DataError(
                 f"sidecar {p.captions!r} must hold (N, K, D) caption embeddings, got shape "

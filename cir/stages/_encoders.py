@@ -38,7 +38,7 @@ def cached_embeddings(
     Returns:
         The (N, D) embeddings and, per input, whether it came from the cache.
     """
-    if cache is None:
+    if cache is None or not inputs:
         return compute(list(range(len(inputs)))), [False] * len(inputs)
     from cir.cache import CacheEntry, make_key
 

@@ -32,8 +32,10 @@ class EncodeTextParams:
     normalize: bool = True
 
     def __post_init__(self) -> None:
-        if self.source not in _SOURCES:
-            raise ValueError(f"source must be one of {', '.join(_SOURCES)}, got {self.source!r}")
+        if self.source not in _SOURCES and not _is_data(self.source):
+            raise ValueError(
+                f"source must be one of {', '.join(_SOURCES)} or data.<key>, got {self.source!r}"
+            )
         if "{text}" not in self.template:
             raise ValueError(f"template must contain '{{text}}', got {self.template!r}")
 
@@ -43,14 +45,17 @@ class EncodeText(Stage):
     """Embed text with the CLIP text tower.
 
     ``source`` picks the text: the modification (``query.text``), the reference caption(s)
-    (``captions``) or the LLM's target description(s) (``targets``). A list of N texts gives
-    N embeddings; ``combine: mean`` averages them into one normalised vector (LDRE on CIRR),
-    ``combine: none`` keeps the (N, D) matrix for an ensemble stage. ``template`` wraps each text
-    (``"a photo of {text}"``). ``normalize: false`` keeps the raw projector outputs (the
-    reference code of WeiMoCIR fuses those; see docs/scoring.md).
+    (``captions``), the LLM's target description(s) (``targets``), or a text or list of texts
+    another stage left in ``data.<key>`` (an ``analyze`` answer's field: object lists, a second
+    caption). A list of N texts gives N embeddings; ``combine: mean`` averages them into one
+    normalised vector (LDRE on CIRR), ``combine: none`` keeps the (N, D) matrix for an ensemble
+    stage or a scoring rule (an empty list from ``data`` then gives a (0, D) matrix).
+    ``template`` wraps each text (``"a photo of {text}"``). ``normalize: false`` keeps the raw
+    projector outputs (the reference code of WeiMoCIR fuses those; see docs/scoring.md).
 
     Example:
         >>> EncodeText(source="targets", output="target", combine="mean")
+        >>> EncodeText(source="data.present_objects", output="present", combine="none")
     """
 
     name = "encode_text"
@@ -60,7 +65,8 @@ class EncodeText(Stage):
 
     @property
     def inputs(self) -> tuple[Port, ...]:
-        kind = "text" if self.params.source == "query.text" else "texts"
+        source = self.params.source
+        kind = "text" if source == "query.text" else "data" if _is_data(source) else "texts"
         return (Port("{source}", kind, "the texts to embed"),)
 
     @property
@@ -100,10 +106,28 @@ class EncodeText(Stage):
         source = self.params.source
         if source == "query.text":
             return [state.query.text]
+        if _is_data(source):
+            return self._data_texts(state, source.partition(".")[2])
         texts = getattr(state, source)
         if not texts:
             raise DataError(f"query {state.query.id!r}: stage {self.instance!r} found no {source}")
         return list(texts)
+
+    def _data_texts(self, state: QueryState, key: str) -> list[str]:
+        """A text or list of texts from ``state.data``; an empty list only without combining."""
+        value = state.data.get(key)
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise DataError(
+                f"query {state.query.id!r}: stage {self.instance!r} reads data.{key}, which "
+                f"holds {type(value).__name__}, not a text or a list of texts"
+            )
+        if not texts and self.params.combine == "mean":
+            raise DataError(
+                f"query {state.query.id!r}: data.{key} is empty; nothing to average "
+                "(use combine: none to keep an empty list)"
+            )
+        return texts
 
     def _shape(self, block: torch.Tensor) -> torch.Tensor:
         if self.params.source == "query.text":
@@ -112,3 +136,8 @@ class EncodeText(Stage):
             mean = block.mean(dim=0)
             return F.normalize(mean, dim=-1) if self.params.normalize else mean
         return block
+
+
+def _is_data(source: str) -> bool:
+    head, _, key = source.partition(".")
+    return head == "data" and bool(key)

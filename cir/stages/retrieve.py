@@ -67,7 +67,8 @@ class Retrieve(Stage):
     (CIRR's subset protocol). All queries of a batch are scored in one chunked pass.
 
     ``rule`` picks a gallery scoring rule from ``cir.scoring.rules`` (``dot``: cosine, the
-    default; ``weimocir``, ``seize``, ``basic``), configured by ``rule_params``. ``hubness``
+    default; ``weimocir``, ``seize``, ``basic``, ``multi_grained``, ``intersection``), configured
+    by ``rule_params``. ``hubness``
     (a mapping, see :class:`HubnessParams`) corrects gallery hubs with a bank of generic caption
     embeddings: ``inverted_softmax`` or ``csls`` (see ``docs/scoring.md``; no published CIR
     pipeline uses it).
@@ -89,7 +90,9 @@ class Retrieve(Stage):
 
     @property
     def inputs(self) -> tuple[Port, ...]:
-        return tuple(_port(name) for name in self.rule.reads(self.params.query))
+        return tuple(
+            _port(name, self.rule.holds_many(name)) for name in self.rule.reads(self.params.query)
+        )
 
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         index = ctx.require_index(self.instance)
@@ -119,6 +122,7 @@ class Retrieve(Stage):
             reference_row=lambda i: _reference_row(index, states[i]),
             fallback=lambda i, why: self._fallback(states[i], why),
             device=index.device,
+            gallery=index.embeddings,
         )
         score_fn = self._with_hubness(self.rule.build(inputs), index)
         rankings = index.topk(
@@ -199,9 +203,10 @@ def hubness_bank(index, name: str, size: int) -> torch.Tensor:
     return F.normalize(flat.float(), dim=-1)
 
 
-def _port(name: str) -> Port:
-    kind = "vector" if name.startswith("embeddings.") else "data"
-    return Port(name, kind, "read by the scoring rule")
+def _port(name: str, many: bool = False) -> Port:
+    if not name.startswith("embeddings."):
+        return Port(name, "data", "read by the scoring rule")
+    return Port(name, "vectors" if many else "vector", "read by the scoring rule")
 
 
 def _reference_row(index, state: QueryState) -> int | None:

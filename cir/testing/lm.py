@@ -288,3 +288,39 @@ def _wordpiece_tokenizer(size: int = 400):
         bos_token="[DEC]",
         additional_special_tokens=["[DEC]"],
     )
+
+
+def tiny_paligemma(path: str | Path, seed: int = 0) -> str:
+    """A tiny PaliGemma (SigLIP vision tower + Gemma text model) with its processor.
+
+    PaliGemma has no chat template: it takes the raw prompt (``use_chat_template: false``) and its
+    processor puts the image tokens in front. Images are resized to 28x28 pixels (4 tokens).
+    """
+    from transformers import (
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    path = Path(path)
+    tokenizer = _bpe_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    image_processor = SiglipImageProcessor(size={"height": 28, "width": 28}, image_seq_length=4)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    ids = _token_ids(tokenizer)
+    text = dict(text_dims(), head_dim=64, vocab_size=len(processor.tokenizer))
+    text.update(pad_token_id=ids["<|endoftext|>"], bos_token_id=ids["<|endoftext|>"])
+    text["eos_token_id"] = ids["<|im_end|>"]
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1)
+    vision.update(num_attention_heads=2, image_size=28, patch_size=14, projection_dim=128)
+    image_token = processor.tokenizer.convert_tokens_to_ids("<image>")
+    config = PaliGemmaConfig(
+        text_config=text, vision_config=vision, image_token_index=image_token, projection_dim=128
+    )
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    _save_generation_config(model, ids)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
