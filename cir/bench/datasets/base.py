@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,19 +22,26 @@ class Protocol:
         k: how many ids the official ranking keeps (the submission length).
         subset_k: length of a second ranking restricted to ``Query.extras["group_members"]``
             (CIRR's Recall_subset), or 0 when the benchmark has none.
+        restrict_key: the ``Query.extras`` entry listing the only ids a query ranks (GeneCIS's
+            15 candidates), or None.
+        rank_all: rankings cover the whole gallery of the query's part, not the first ``k``
+            (i-CIR's average precision needs the rank of every positive).
     """
 
     exclude_reference: bool
     k: int = 50
     subset_k: int = 0
+    restrict_key: str | None = None
+    rank_all: bool = False
 
 
 @dataclass
 class Part:
     """One gallery with the queries ranked against it (FashionIQ has one per category).
 
-    Queries name their reference by ``reference_id`` only: every benchmark's references are
-    gallery images, so stages reuse the index's stored embedding and image path.
+    Queries name their reference by ``reference_id`` when it is a gallery image (stages then
+    reuse the index's stored embedding and image path); i-CIR's query images are not in its
+    databases and are given by path (``Query.reference``).
 
     Attributes:
         name: the part's name ("" for benchmarks with a single gallery, else the category).
@@ -101,6 +108,14 @@ class BenchDataset:
     def expected_tree(self) -> str:
         """The folder layout the reader expects, as an indented tree."""
         raise NotImplementedError
+
+    def use_cache(self, root: Path) -> None:
+        """Where files the reader derives from the data go (GeneCIS's crops); most derive none."""
+
+    def preset_scopes(self, available: Collection[str]) -> list[str]:
+        """The names under which a run looks up a pipeline's presets (``available``): the
+        benchmark's name (GeneCIS adds ``genecis/<task>`` when one task is run)."""
+        return [self.name]
 
     # ----------------------------------------------------------------- shared helpers
     def check_split(self, split: str) -> str:
