@@ -119,6 +119,7 @@ class Retrieve(Stage):
             reference_row=lambda i: _reference_row(index, states[i]),
             fallback=lambda i, why: self._fallback(states[i], why),
             device=index.device,
+            gallery_row=lambda row: index.embeddings[row],
         )
         score_fn = self._with_hubness(self.rule.build(inputs), index)
         rankings = index.topk(
