@@ -14,6 +14,7 @@ from cir.bench.datasets import ICIR, GeneCIS, ZeroSight
 from cir.bench.placeholders import make_miniature
 from cir.bench.runner import run_benchmark
 from cir.cli import cli
+from cir.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,37 @@ def test_zerosight_run_and_evaluate(workspace: Path, tiny_clip: str) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert _evaluate(workspace, "zerosight", out / "zerosight_val_predictions.json") == metrics
     assert (out / "recall_at_k.png").is_file()  # mAP@K and PNR_mAP@K against K
+
+
+def test_cirevl_on_genecis_applies_its_per_task_presets(workspace: Path, tiny_clip: str) -> None:
+    """CIReVL with a scripted captioner and LLM: each task gets the authors' setting."""
+    captioner = {"backend": "scripted", "default": "a photo of a thing", "name": "gc-cap"}
+    llm = {"backend": "scripted", "default": "Edited Description: a red thing", "name": "gc-lm"}
+    overrides = [f"stages.caption.captioner={json.dumps(captioner)}",
+                 f"stages.recompose.llm={json.dumps(llm)}"]  # fmt: skip
+
+    def run(tasks, out, preset=None):
+        return run_benchmark(
+            "genecis", "val", data_root=workspace / "genecis", pipeline="cirevl",
+            encoder=tiny_clip, tasks=tasks, overrides=overrides, preset=preset,
+            out_dir=workspace / out, cache_dir=workspace / "cache", progress=False,
+        ).manifest  # fmt: skip
+
+    attribute = run(["focus_attribute"], "cirevl_fa")
+    assert attribute["presets"] == ["genecis", "genecis/focus_attribute"]
+    retrieve = attribute["pipeline"]["stages"][-1]["params"]
+    assert retrieve["rule"] == "reference_mix" and retrieve["restrict_key"] == "candidates"
+    assert attribute["stages"]["retrieve"]["fallback_rate"] == 0  # every reference is a crop
+    assert "cirevl-genecis" in attribute["prompts"]["recompose"]["prompt"]
+    details = (workspace / "cirevl_fa" / "queries.jsonl").read_text().splitlines()
+    assert json.loads(details[0])["targets"] == ["a red thing"]
+
+    focus = run(["focus_object"], "cirevl_fo")
+    assert focus["presets"] == ["genecis", "genecis/focus_object"]
+    assert "cirevl-genecis-focus" in focus["prompts"]["recompose"]["prompt"]
+    assert focus["pipeline"]["stages"][-1]["params"]["rule"] == "dot"
+
+    with pytest.raises(ConfigError, match="run one task at a time with --task"):
+        run(["focus_object", "change_object"], "cirevl_two")
+    both = run(["focus_object", "change_object"], "cirevl_shared", preset="genecis")
+    assert both["presets"] == ["genecis"] and both["queries"] == 6
