@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cir.bench import BENCHMARKS
 from cir.bench.datasets import get_dataset
 from cir.bench.datasets.cirr import VERSION as CIRR_VERSION
 from cir.errors import ConfigError, DataError
@@ -316,7 +317,7 @@ def check_submission(
         from cir.bench.predictions import check_predictions
 
         return dataset, check_predictions(dataset, obj, queries, gallery, exact, require_all)
-    raise ConfigError(f"unknown benchmark {dataset!r}; valid: circo, cirr, fashioniq, {LOCAL_ONLY}")
+    raise ConfigError(f"unknown benchmark {dataset!r}; valid: {', '.join(BENCHMARKS)}")
 
 
 def parts_present(dataset: str, obj: Any, queries: Sequence[Query]) -> list[Query]:

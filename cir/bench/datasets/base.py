@@ -150,14 +150,19 @@ class BenchDataset:
                 return path, checked
         return None, checked
 
-    def read_json(self, path: Path) -> Any:
-        """Load an annotation file, saying what is missing and where to look."""
+    def require_file(self, path: Path) -> None:
+        """Raise a DataError saying what is missing and where to look when ``path`` is not a
+        file (annotation files)."""
         if not path.is_file():
             raise DataError(
                 f"{self.name}: annotation file not found: {path}\n"
                 f"expected layout under --data-root:\n{self.expected_tree()}\n"
                 f"run `cir data check {self.name} --data-root {self.data_root}` for details"
             )
+
+    def read_json(self, path: Path) -> Any:
+        """Load an annotation file, saying what is missing and where to look."""
+        self.require_file(path)
         try:
             with path.open(encoding="utf-8") as f:
                 return json.load(f)

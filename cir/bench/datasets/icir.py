@@ -77,8 +77,7 @@ class ICIR(BenchDataset):
     # ----------------------------------------------------------------- rows
     def read_rows(self, path: Path, folder: str) -> list[Row]:
         """The data rows of a CSV file (a first row that names no image is a header)."""
-        if not path.is_file():
-            self.read_json(path)  # raises the missing-file error with the expected layout
+        self.require_file(path)
         with path.open(encoding="utf-8-sig", newline="") as f:
             lines = [(n, r) for n, r in enumerate(csv.reader(f), start=1) if r]
         if lines and not _is_image(lines[0][1][0]):
