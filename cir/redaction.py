@@ -28,9 +28,13 @@ from typing import Any
 
 MASK = "***"
 _MIN_SECRET = 6
-_SECRET_WORDS = {"key", "apikey", "token", "secret", "password", "passwd", "credential", "auth"}
-_NAME = r"[a-z0-9_.-]*?(?:api[_-]?key|apikey|access[_-]?token|token|secret|password|passwd|pwd" \
-    r"|credentials?|authorization|auth|signature|sig|key)"  # fmt: skip
+_SECRET_WORDS = {"apikey", "token", "secret", "password", "passwd", "credential", "auth"}
+#: ``key`` says secret alone or after one of these (``api_key``, ``private-key``), not after any
+#: word (``restrict_key``, ``reasoning_key`` name fields of a configuration).
+_KEY_OWNERS = {"api", "access", "private", "secret", "client", "auth", "service", "subscription"}
+_NAME = r"(?:[a-z0-9_.-]*?(?:apikey|access[_-]?token|token|secret|password|passwd|pwd" \
+    r"|credentials?|authorization|auth|signature|sig|(?:api|access|private|client|service" \
+    r"|subscription)[_-]?key)|key)"  # fmt: skip
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"(?i)\b(bearer|basic|token)(\s+)[a-z0-9._~+/=:-]{6,}"), rf"\1\2{MASK}"),
     (
@@ -95,6 +99,12 @@ def _is_secret_field(name: Any, value: Any) -> bool:
 
 
 def looks_secret(name: str) -> bool:
-    """``OPENAI_API_KEY``, ``api_key``, ``HF_TOKEN`` yes; ``max_tokens``, ``api_key_env`` no."""
+    """``OPENAI_API_KEY``, ``api_key``, ``HF_TOKEN``, ``key`` yes; ``max_tokens``, ``api_key_env``,
+    ``restrict_key`` no."""
     words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
-    return bool(words) and words[-1] != "env" and any(w in _SECRET_WORDS for w in words)
+    if not words or words[-1] == "env":
+        return False
+    owned_key = any(
+        w == "key" and (i == 0 or words[i - 1] in _KEY_OWNERS) for i, w in enumerate(words)
+    )
+    return owned_key or any(w in _SECRET_WORDS for w in words)

@@ -1,4 +1,5 @@
-"""Benchmarks: CIRCO, CIRR and FashionIQ readers, official metrics, submissions, runs.
+"""Benchmarks: CIRCO, CIRR, FashionIQ, GeneCIS, i-CIR and ZeroSight readers, official metrics,
+submissions, runs.
 
 Modules: ``datasets`` (readers), ``metrics``, ``submission`` (writers and validator),
 ``evaluate`` (score prediction files), ``runner`` (``cir bench run``), ``gallery`` (cached
@@ -8,4 +9,4 @@ benchmark indexes), ``manifest``, ``report``, ``missing`` (runs on incomplete im
 """
 
 #: The benchmark names the readers, the CLI and the docs use.
-BENCHMARKS = ("circo", "cirr", "fashioniq")
+BENCHMARKS = ("circo", "cirr", "fashioniq", "genecis", "icir", "zerosight")

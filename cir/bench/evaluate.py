@@ -14,16 +14,33 @@ from pathlib import Path
 from typing import Any
 
 from cir.bench.datasets import get_dataset
-from cir.bench.metrics import circo_metrics, cirr_metrics, fashioniq_metrics
+from cir.bench.metrics import (
+    circo_metrics,
+    cirr_metrics,
+    fashioniq_metrics,
+    genecis_metrics,
+    icir_metrics,
+    zerosight_metrics,
+)
 from cir.bench.submission import (
     Problem,
     ValidationReport,
     check_submission,
     load_predictions,
+    parts_present,
     split_gallery,
 )
 from cir.errors import ConfigError, DataError
 from cir.types import Query
+
+#: Scoring of the benchmarks with one predictions file per split (CIRR has two).
+SCORERS = {
+    "circo": circo_metrics,
+    "fashioniq": fashioniq_metrics,
+    "genecis": genecis_metrics,
+    "icir": icir_metrics,
+    "zerosight": zerosight_metrics,
+}
 
 
 @dataclass
@@ -54,13 +71,11 @@ def score(
     if predictions is None:
         raise ConfigError(f"{dataset}: no predictions to score")
     as_text = {k: [str(i) for i in v] for k, v in predictions.items()}
-    if dataset == "circo":
-        return circo_metrics(as_text, queries)
-    return fashioniq_metrics(as_text, queries)
+    return SCORERS[dataset](as_text, queries)
 
 
 def _require_ground_truth(dataset: str, queries: Sequence[Query]) -> None:
-    if queries and "target_id" not in queries[0].extras:
+    if queries and not {"target_id", "gt_ids"} & set(queries[0].extras):
         raise ConfigError(
             f"{dataset}: this split has no public ground truth; only 'val' can be scored "
             "locally. Check a test file with `cir bench validate` and submit it to the "
@@ -136,12 +151,9 @@ def _scored_queries(dataset: str, queries: Sequence[Query], merged: dict) -> lis
 
 
 def _check_coverage(dataset, queries, merged, reports, allow_partial) -> None:
-    """Every query of the split (FashionIQ: of the categories given) needs a ranking."""
+    """Every query of the split (FashionIQ, GeneCIS: of the parts given) needs a ranking."""
     for kind, rankings in merged.items():
-        scope = queries
-        if dataset == "fashioniq":
-            present = {k.split("/")[0] for k in rankings}
-            scope = [q for q in queries if q.extras["category"] in present]
+        scope = parts_present(dataset, rankings, queries)
         missing = [q.id for q in scope if q.id not in rankings]
         report = next(r for r in reversed(reports) if r.kind == kind)
         if missing:

@@ -85,8 +85,10 @@ def drop_missing_images(parts: list[Part]) -> tuple[list[Part], MissingImages]:
     """The parts restricted to the images present, and what was missing.
 
     A query is dropped when its reference or its target (``extras["target_id"]``, val splits)
-    is absent; test splits have no public target, so only the reference counts there. Parts
-    left without queries are left out.
+    is absent; test splits have no public target, so only the reference counts there. A query
+    ranked among its own candidates (``extras["candidates"]``, GeneCIS) needs every one of
+    them, and a reference given by path (i-CIR) must exist. Parts left without queries are
+    left out.
 
     Raises:
         DataError: when no query is left to run.
@@ -125,7 +127,12 @@ def drop_missing_images(parts: list[Part]) -> tuple[list[Part], MissingImages]:
 
 def _answerable(query: Query, present: dict[str, Path]) -> bool:
     target = query.extras.get("target_id")
-    return query.reference_id in present and (target is None or target in present)
+    if query.reference_id is not None:
+        reference = query.reference_id in present
+    else:
+        reference = isinstance(query.reference, str | Path) and Path(query.reference).is_file()
+    candidates = all(c in present for c in query.extras.get("candidates", ()))
+    return reference and candidates and (target is None or target in present)
 
 
 def _absent_truths(query: Query, present: dict[str, Path]) -> int:

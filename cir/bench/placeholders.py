@@ -20,9 +20,10 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from cir.bench.datasets import get_dataset
+from cir.bench.datasets import DATASETS, get_dataset
 from cir.bench.datasets.cirr import SPLIT_FILES, VERSION
 from cir.bench.datasets.fashioniq import CATEGORIES
+from cir.bench.datasets.genecis import TASKS
 
 
 def placeholder_image(name: str, size: int = 32) -> Image.Image:
@@ -61,11 +62,15 @@ def make_miniature(
     """Copy the first ``n_queries`` of each split (with the official layout) into ``out``.
 
     Galleries keep every image the kept queries refer to (references, targets, ground
-    truths, group members) plus ``distractors`` other images of the real gallery.
+    truths, group members) plus ``distractors`` other images of the real gallery. GeneCIS keeps
+    the first ``n_queries`` templates of each task, i-CIR the instances of its first
+    ``n_queries`` queries (with their whole databases), ZeroSight the first queries plus
+    ``distractors`` invented images. Splits the benchmark does not have are skipped.
     With ``images``, placeholder images are written for the whole miniature gallery.
     """
     source, out = Path(annotations_root), Path(out)
-    writer = {"circo": _mini_circo, "cirr": _mini_cirr, "fashioniq": _mini_fashioniq}[dataset]
+    writer = _WRITERS[dataset]
+    splits = tuple(s for s in splits if s in DATASETS[dataset].splits)
     for split in splits:
         writer(source, out, split, n_queries, distractors)
     if images:
@@ -123,3 +128,38 @@ def _mini_fashioniq(source: Path, out: Path, split: str, n: int, distractors: in
         _dump(
             out / "image_splits" / f"split.{category}.{split}.json", [k for k in full if k in keep]
         )
+
+
+def _mini_genecis(source: Path, out: Path, split: str, n: int, distractors: int) -> None:
+    for task in TASKS:
+        if (source / f"{task}.json").is_file():
+            _dump(out / f"{task}.json", _load(source / f"{task}.json")[:n])
+
+
+def _mini_icir(source: Path, out: Path, split: str, n: int, distractors: int) -> None:
+    rows = {}
+    for name in ("query_files.csv", "database_files.csv"):
+        text = (source / name).read_text(encoding="utf-8")
+        rows[name] = [line for line in text.splitlines() if line.strip()]
+    instances = {line.rsplit(",", 1)[-1] for line in rows["query_files.csv"][:n]}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, lines in rows.items():
+        kept = [line for line in lines if line.rsplit(",", 1)[-1] in instances]
+        (out / name).write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def _mini_zerosight(source: Path, out: Path, split: str, n: int, distractors: int) -> None:
+    _dump(out / "queries.json", _load(source / "queries.json")[:n])
+    write_placeholder_images(
+        out / "images" / "distractors" / f"d{i:04d}.jpg" for i in range(distractors)
+    )
+
+
+_WRITERS = {
+    "circo": _mini_circo,
+    "cirr": _mini_cirr,
+    "fashioniq": _mini_fashioniq,
+    "genecis": _mini_genecis,
+    "icir": _mini_icir,
+    "zerosight": _mini_zerosight,
+}

@@ -77,6 +77,7 @@ def run_benchmark(
     encoder: str | None = None,
     text_rule: str | None = None,
     categories: Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
     limit: int | None = None,
     batch_size: int = 32,
     no_cache: bool = False,
@@ -93,7 +94,7 @@ def run_benchmark(
     """Run ``pipeline`` on a benchmark split and write predictions, metrics, manifest, report.
 
     Args:
-        dataset: ``circo``, ``cirr`` or ``fashioniq``.
+        dataset: ``circo``, ``cirr``, ``fashioniq``, ``genecis``, ``icir`` or ``zerosight``.
         split: ``val`` (scored locally) or ``test`` (submission files).
         data_root / image_root: the official layout (see ``cir data check``).
         pipeline: a shipped pipeline name or a YAML path.
@@ -101,9 +102,11 @@ def run_benchmark(
         cache_dir: gallery indexes and the content cache (default: the cir cache folder).
         encoder: the CLIP encoder of the gallery index (default: the pipeline's ``encoder:``,
             whose preprocessing is kept).
+        categories / tasks: FashionIQ categories, GeneCIS tasks (default: all / those present).
         limit: only the first N queries (the gallery stays whole; no submission is complete).
         overrides / preset: as for ``cir search``; by default the presets named after the
-            dataset and the backbone apply (``cirr``, ``@ViT-bigG-14``, ``cirr@ViT-bigG-14``).
+            dataset and the backbone apply (``cirr``, ``@ViT-bigG-14``, ``cirr@ViT-bigG-14``;
+            a GeneCIS run of one task also ``genecis/<task>``).
         workers: DataLoader workers for building an index.
         compute: the gallery search's compute path (``auto`` or one to force).
         resources: the model cache (its load/release events go into the manifest).
@@ -118,8 +121,11 @@ def run_benchmark(
     ds = get_dataset(
         dataset, data_root, image_root=image_root, text_rule=text_rule,
         **({"categories": categories} if categories else {}),
+        **({"tasks": tasks} if tasks else {}),
     )  # fmt: skip
     started = time.perf_counter()
+    cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
+    ds.use_cache(cache_root)  # files the reader derives (GeneCIS's crops) go there
     parts = _limit(ds.parts(split), limit)
     missing = None
     if allow_missing:  # absent images and the queries needing them are dropped and counted
@@ -127,7 +133,6 @@ def run_benchmark(
     else:
         _check_images(ds, split)
     pipe, presets, spec = _load(pipeline, overrides, preset, ds, parts, encoder)
-    cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
     cache = None if no_cache else _content_cache(cache_root)
     out = Path(out_dir) if out_dir else _default_out(ds.name, split, pipe.name)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +194,7 @@ class _Outcome:
                     "the pipeline produced no ranking; it must end with a retrieve stage"
                 )
             ids = list(state.ranking.ids)
-            self.rankings[state.query.id] = ids[: protocol.k]
+            self.rankings[state.query.id] = ids if protocol.rank_all else ids[: protocol.k]
             if protocol.subset_k:
                 self.subsets[state.query.id] = subset_ranking(ids, state.query, protocol.subset_k)
         self.totals.add(states)
@@ -257,7 +262,10 @@ def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part], enco
     if preset is not None:
         presets = [preset]
     else:
-        presets = preset_names(first.presets, ds.name, spec.backbone)
+        presets = []
+        for scope in ds.preset_scopes(first.presets):
+            presets += [p for p in preset_names(first.presets, scope, spec.backbone)
+                        if p not in presets]  # fmt: skip
     first = load_pipeline(pipeline, overrides, presets)
     spec = first.encoder or spec
     largest = max((len(p.gallery) for p in parts), default=0)
@@ -313,7 +321,8 @@ def protocol_overrides(pipe: Any, protocol: Protocol, gallery_size: int) -> list
 
     The reference is excluded (CIRR) or kept (CIRCO, FashionIQ) whatever the pipeline or its
     preset says; rankings are at least the submission length, and cover the whole gallery
-    when a subset ranking (CIRR) is derived from them.
+    when a subset ranking (CIRR) is derived from them or the metric needs it (i-CIR); a
+    benchmark that ranks each query among its own candidates (GeneCIS) restricts every stage.
     """
     retrieves = [s for s in pipe.stages if s.name == "retrieve"]
     if not retrieves:
@@ -321,11 +330,14 @@ def protocol_overrides(pipe: Any, protocol: Protocol, gallery_size: int) -> list
             f"pipeline {pipe.name!r} has no retrieve stage, so it ranks nothing; "
             "benchmarks need a pipeline that ends with `- stage: retrieve`"
         )
-    need = max(gallery_size, protocol.k) if protocol.subset_k else protocol.k
+    whole = protocol.subset_k or protocol.rank_all
+    need = max(gallery_size, protocol.k) if whole else protocol.k
     out = []
     for stage in retrieves:
         flag = "true" if protocol.exclude_reference else "false"
         out.append(f"stages.{stage.instance}.exclude_reference={flag}")
+        if protocol.restrict_key:
+            out.append(f"stages.{stage.instance}.restrict_key={protocol.restrict_key}")
         if stage.params.k < need:
             out.append(f"stages.{stage.instance}.k={need}")
     return out
@@ -365,7 +377,7 @@ def _detail(state: QueryState) -> dict[str, Any]:
 
 
 def _gallery_ids(dataset: str, parts: list[Part]):
-    if dataset == "fashioniq":
+    if dataset in ("fashioniq", "icir"):  # per category, per instance
         return {p.name: set(p.gallery) for p in parts}
     return set(parts[0].gallery) if parts else None
 

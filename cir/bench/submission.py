@@ -9,6 +9,9 @@ Formats (exactly what the test servers accept):
 - FashionIQ: ``{"<category>/<index in cap.<category>.<split>.json>": [50 image names]}``;
   a file may hold one category or all three.
 
+GeneCIS, i-CIR and ZeroSight have no test server: their predictions files have the same shape
+and are checked by ``cir.bench.predictions``.
+
 Example:
     >>> paths = write_submission("cirr", "test", rankings, queries, out_dir="runs/x",
     ...                          subset_rankings=subsets)
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cir.bench import BENCHMARKS
 from cir.bench.datasets import get_dataset
 from cir.bench.datasets.cirr import VERSION as CIRR_VERSION
 from cir.errors import ConfigError, DataError
@@ -33,6 +37,15 @@ from cir.types import Query
 CIRR_MAX_BYTES = 5 * 1024 * 1024
 CIRR_METRICS = {"recall": 50, "recall_subset": 3}
 LIST_LENGTH = 50
+#: Benchmarks scored only locally: their files are predictions, not server submissions.
+LOCAL_ONLY = ("genecis", "icir", "zerosight")
+#: Benchmarks whose files may hold some of their parts only: the ``Query.extras`` key of the part.
+PART_KEYS = {"fashioniq": "category", "genecis": "task"}
+#: Why a split's image ids cannot be checked when its gallery listing is absent.
+UNCHECKED = {
+    "circo": "COCO2017_unlabeled image info file not found",
+    "zerosight": "no images/ folder under the data root",
+}
 
 
 @dataclass(frozen=True)
@@ -243,7 +256,8 @@ def build_submission(
             for q in queries
             if q.id in rankings
         }
-    return {q.id: list(rankings[q.id])[:LIST_LENGTH] for q in queries if q.id in rankings}
+    length = None if dataset == "icir" else LIST_LENGTH  # i-CIR ranks whole databases
+    return {q.id: list(rankings[q.id])[:length] for q in queries if q.id in rankings}
 
 
 def _as_int(value: str | int) -> int | str:
@@ -297,12 +311,25 @@ def check_submission(
         allowed = None
         if isinstance(gallery, Mapping):
             allowed = {q.id: gallery[q.extras["category"]] for q in queries}
-        present = {q.extras["category"] for q in queries if isinstance(obj, dict) and q.id in obj}
-        scoped = [q for q in queries if q.extras["category"] in present] or list(queries)
+        scoped = parts_present(dataset, obj, queries)
         return "fashioniq", check_rankings(
             obj, scoped, kind="FashionIQ", length=LIST_LENGTH, allowed=allowed, **common
         )
-    raise ConfigError(f"unknown benchmark {dataset!r}; valid: circo, cirr, fashioniq")
+    if dataset in LOCAL_ONLY:
+        from cir.bench.predictions import check_predictions
+
+        return dataset, check_predictions(dataset, obj, queries, gallery, exact, require_all)
+    raise ConfigError(f"unknown benchmark {dataset!r}; valid: {', '.join(BENCHMARKS)}")
+
+
+def parts_present(dataset: str, obj: Any, queries: Sequence[Query]) -> list[Query]:
+    """The queries of the parts (FashionIQ categories, GeneCIS tasks) ``obj`` has rankings
+    for; every query when it has none, or when the benchmark has no parts."""
+    key = PART_KEYS.get(dataset)
+    if key is None or not isinstance(obj, dict):
+        return list(queries)
+    present = {q.extras[key] for q in queries if q.id in obj}
+    return [q for q in queries if q.extras[key] in present] or list(queries)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -336,7 +363,8 @@ def write_submission(
             files.append((out_dir / f"cirr_{split}_{metric}.json", obj))
     else:
         obj = build_submission(dataset, rankings, queries)
-        files.append((out_dir / f"{dataset}_{split}_submission.json", obj))
+        kind = "predictions" if dataset in LOCAL_ONLY else "submission"
+        files.append((out_dir / f"{dataset}_{split}_{kind}.json", obj))
     encoded = []
     for path, obj in files:
         kind, problems = check_submission(
@@ -365,9 +393,13 @@ def split_gallery(dataset: str, data_root: str | Path, split: str):
         return set(ds.gallery_names(split))
     if dataset == "fashioniq":
         return {c: set(ds.gallery_names(c, split)) for c in ds.categories}
-    if ds.image_info_file.is_file():
+    if dataset == "icir":
+        return {name: set(database) for name, database in ds.databases().items()}
+    if dataset == "zerosight":
+        return set(ds.gallery()) if (ds.image_root / "images").is_dir() else None
+    if dataset == "circo" and ds.image_info_file.is_file():
         return set(ds.gallery())
-    return None
+    return None  # GeneCIS: each query's candidates are checked instead
 
 
 def validate_file(
@@ -380,12 +412,8 @@ def validate_file(
     gallery = split_gallery(dataset, data_root, split)
     kind, found = check_submission(dataset, obj, queries, gallery)
     problems += found
-    if gallery is None:
-        problems.append(
-            Problem(
-                "warning", "image ids not checked: COCO2017_unlabeled image info file not found"
-            )
-        )
+    if gallery is None and dataset in UNCHECKED:
+        problems.append(Problem("warning", f"image ids not checked: {UNCHECKED[dataset]}"))
     size = Path(path).stat().st_size
     if dataset == "cirr" and size > CIRR_MAX_BYTES:
         problems.append(Problem("error", f"{size} bytes: over the CIRR server's 5 MB limit"))

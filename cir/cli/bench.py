@@ -7,6 +7,7 @@ import json
 import click
 
 from cir.bench import BENCHMARKS
+from cir.bench.datasets.genecis import TASKS as GENECIS_TASKS
 from cir.cli._common import (
     compute_option,
     device_option,
@@ -24,7 +25,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one fl
 
 @click.group("bench")
 def bench_group() -> None:
-    """Run, score and check CIRCO, CIRR and FashionIQ benchmarks."""
+    """Run, score and check CIRCO, CIRR, FashionIQ, GeneCIS, i-CIR and ZeroSight benchmarks."""
 
 
 @bench_group.command("run")
@@ -43,6 +44,10 @@ def bench_group() -> None:
 @click.option(
     "--category", "categories", multiple=True, help="FashionIQ categories (default: all)."
 )
+@click.option(
+    "--task", "tasks", multiple=True, type=click.Choice(GENECIS_TASKS),
+    help="GeneCIS tasks (default: those whose file is present).",
+)  # fmt: skip
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N queries.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--no-cache", is_flag=True, help="Do not read or write the content cache.")
@@ -62,6 +67,7 @@ def run_command(dataset: str, split: str, as_json: bool, **options) -> None:
     from cir.bench.runner import run_benchmark
 
     options["categories"] = options["categories"] or None
+    options["tasks"] = options["tasks"] or None
     result = run_benchmark(dataset.lower(), split, progress=not as_json, **options)
     missing = result.manifest.get("missing")
     if missing and not missing["complete"]:

@@ -9,7 +9,7 @@ import click
 
 from cir.bench import BENCHMARKS
 
-DOWNLOADABLE = (*BENCHMARKS, "genecis")
+DOWNLOADABLE = ("circo", "cirr", "fashioniq", "genecis")
 
 
 @click.group("data")

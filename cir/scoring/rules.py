@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
+import torch.nn.functional as F
 
 from cir.errors import ConfigError, DataError
 from cir.index.search import ProductScores
@@ -295,3 +296,41 @@ class TwinRule(GalleryRule):
                 f"gallery image, got shape {tuple(twins.shape)}; make it with `cir index imagine`"
             )
         return lambda start, stop, chunk: twin_scores(q, chunk, twins[start:stop])
+
+
+@dataclass(frozen=True)
+class ReferenceMixParams:
+    weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must be within [0, 1], got {self.weight}")
+
+
+@register_rule
+class ReferenceMixRule(GalleryRule):
+    """Cosine similarity to ``normalize((1 - weight) q + weight r)``: the normalised query ``q``
+    moved towards the reference image's stored gallery embedding ``r``.
+
+    With ``weight`` 0.5 this is CIReVL's query on GeneCIS's focus-attribute task (Karthik et al.,
+    "Vision-by-Language for Training-Free Compositional Image Retrieval", ICLR 2024: the
+    recomposed text's embedding averaged with the reference image's). A query whose reference
+    is not a gallery image keeps ``q`` and is counted as a fallback.
+    """
+
+    name = "reference_mix"
+    Params = ReferenceMixParams
+
+    def build(self, inputs: RuleInputs) -> ScoreFn:
+        q = F.normalize(inputs.stacked(inputs.query), dim=-1)
+        anchors = []
+        for i in range(len(inputs.states)):
+            row = inputs.reference_row(i)
+            if row is None or inputs.gallery is None:
+                inputs.fallback(i, "the reference is not a gallery image: the query alone")
+                anchors.append(q[i])
+            else:
+                anchors.append(F.normalize(inputs.gallery[row].float().to(q.device), dim=-1))
+        w = self.params.weight
+        mixed = F.normalize((1.0 - w) * q + w * torch.stack(anchors), dim=-1)
+        return ProductScores(mixed)

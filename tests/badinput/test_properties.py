@@ -146,3 +146,12 @@ def test_paths_are_plain_names_only(tmp_path: Path):
     from cir.index.validate import plain_name
 
     assert plain_name("ids.1.json") and not plain_name("../x") and not plain_name("a/b")
+
+
+def test_configuration_names_ending_in_key_are_not_taken_for_secrets():
+    from cir.redaction import looks_secret, redact
+
+    assert not looks_secret("restrict_key") and not looks_secret("reasoning_key")
+    assert looks_secret("api_key") and looks_secret("private-key") and looks_secret("key")
+    text = redact("restrict_key: candidates, api_key=abcdef123")
+    assert "candidates" in text and "abcdef123" not in text

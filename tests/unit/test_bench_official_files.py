@@ -48,3 +48,18 @@ def test_pinned_hashes_of_the_download_sources_match_the_official_files(benchmar
                     assert file_sha256(path) == item.sha256, (source.name, item.to)
                     checked += 1
     assert checked >= 12  # CIRCO 2, CIRR 4 (twice: official and hub), GeneCIS 2
+
+
+def test_genecis_object_tasks(benchmarks_root: Path) -> None:
+    from cir.bench.datasets import GeneCIS
+
+    ds = GeneCIS(benchmarks_root / "genecis", tasks=["change_object", "focus_object"])
+    queries = ds.queries("val")
+    assert len(queries) == 2 * 1960
+    first = queries[0]
+    assert (first.id, first.text, first.reference_id) == ("change_object/0", "wall", "189213")
+    assert first.extras["target_id"] == "153527" and len(first.extras["candidates"]) == 15
+    # one template lists its target among its distractors too: each image is ranked once
+    short = [q.id for q in queries if len(q.extras["candidates"]) != 15]
+    assert short == ["change_object/19"]
+    assert queries[1960].id == "focus_object/0" and queries[1960].text == "cardboard"

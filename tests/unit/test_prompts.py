@@ -42,6 +42,8 @@ PINNED = {
     "recompose/cirevl-circo.v1": "fea1bb1517b7",
     "recompose/cirevl-cirr.v1": "7d3f660db9e0",
     "recompose/cirevl-fashion.v1": "fd65d587e49f",
+    "recompose/cirevl-genecis.v1": "8c21755c5b03",
+    "recompose/cirevl-genecis-focus.v1": "47c88574dd6e",
     "recompose/fashion.v1": "c64341d5b384",
     "recompose/general.v1": "2b8164ab8bdd",
     "recompose/ldre.v1": "2baf91aab509",

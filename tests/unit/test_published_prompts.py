@@ -27,13 +27,24 @@ def _examples(text: str) -> int:
 @pytest.mark.parametrize(
     ("ref", "aspects", "examples"),
     [("recompose/cirevl-cirr", 0, 24), ("recompose/cirevl-circo", 9, 19),
-     ("recompose/cirevl-fashion", 9, 19)],
+     ("recompose/cirevl-fashion", 9, 19), ("recompose/cirevl-genecis", 0, 0),
+     ("recompose/cirevl-genecis-focus", 0, 3)],
 )  # fmt: skip
 def test_cirevl_prompts_keep_the_number_of_examples(ref, aspects, examples):
     text = load_prompt(ref).render(caption="a red car", modification="make it blue")
     assert _examples(text) == examples
     assert sum(f'"{aspect}"\nImage Content:' in text for aspect in ASPECTS) == aspects
     assert text.endswith("Image Content: a red car\nInstruction: make it blue")
+
+
+def test_cirevl_genecis_focus_prompt_lists_the_named_object_first():
+    text = load_prompt("recompose/cirevl-genecis-focus").render(caption="c", modification="m")
+    answers = re.findall(r"^Instruction: (.*)\nEdited Description: (.*)$", text, re.M)
+    assert [a.split(",")[0].split()[-1] for _, a in answers] == [i for i, _ in answers]
+    assert "comma-separated" in text
+    short = load_prompt("recompose/cirevl-genecis")
+    assert short.parse("Edited Description: a red car") == "a red car"
+    assert short.fallback.final == "fallback"
 
 
 def test_cirevl_answers_are_read_from_the_labelled_line():

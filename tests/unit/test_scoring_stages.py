@@ -160,3 +160,28 @@ def test_retrieve_dot_rule_keeps_the_search_path(index):
         _ranked(index, missing, _states(1, missing))
     with pytest.raises(ConfigError, match=r"hubness.*unknown parameter.*valid parameters: bank"):
         Retrieve(hubness={"methd": "csls"})
+
+
+def test_retrieve_reference_mix_averages_text_and_reference_image(index):
+    """CIReVL's GeneCIS focus-attribute query: normalize((normalize(t) + normalize(v)) / 2)."""
+    stage = Retrieve(k=40, query="target", rule="reference_mix", restrict_key="candidates")
+    states = _states(2, stage)
+    for s in states:
+        s.query.extras["candidates"] = [f"g{i}" for i in range(5, 20)]
+        s.embeddings["target"] = 3.0 * s.embeddings["target"]  # the rule normalises it
+    states = _ranked(index, stage, states)
+    g = index.embeddings.float()
+    for s in states:
+        t = s.embeddings["target"] / s.embeddings["target"].norm()
+        v = g[index.position(s.query.reference_id)]
+        mixed = (t + v) / 2
+        scores = g[5:20] @ (mixed / mixed.norm())
+        assert list(s.ranking.ids) == [f"g{5 + int(i)}" for i in scores.argsort(descending=True)]
+        assert s.ranking.scores[0] == pytest.approx(float(scores.max()), abs=1e-5)
+        assert s.trace[-1].fallbacks == 0
+    lone = _states(1, stage, ref=False)
+    lone[0].query.extras["candidates"] = ["g1", "g2"]
+    lone = _ranked(index, stage, lone)[0]
+    assert lone.trace[-1].fallbacks == 1  # no reference image: the text query alone
+    with pytest.raises(ConfigError, match="weight must be within"):
+        Retrieve(rule="reference_mix", rule_params={"weight": 1.5})

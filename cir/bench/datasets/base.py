@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,19 +22,26 @@ class Protocol:
         k: how many ids the official ranking keeps (the submission length).
         subset_k: length of a second ranking restricted to ``Query.extras["group_members"]``
             (CIRR's Recall_subset), or 0 when the benchmark has none.
+        restrict_key: the ``Query.extras`` entry listing the only ids a query ranks (GeneCIS's
+            15 candidates), or None.
+        rank_all: rankings cover the whole gallery of the query's part, not the first ``k``
+            (i-CIR's average precision needs the rank of every positive).
     """
 
     exclude_reference: bool
     k: int = 50
     subset_k: int = 0
+    restrict_key: str | None = None
+    rank_all: bool = False
 
 
 @dataclass
 class Part:
     """One gallery with the queries ranked against it (FashionIQ has one per category).
 
-    Queries name their reference by ``reference_id`` only: every benchmark's references are
-    gallery images, so stages reuse the index's stored embedding and image path.
+    Queries name their reference by ``reference_id`` when it is a gallery image (stages then
+    reuse the index's stored embedding and image path); i-CIR's query images are not in its
+    databases and are given by path (``Query.reference``).
 
     Attributes:
         name: the part's name ("" for benchmarks with a single gallery, else the category).
@@ -102,6 +109,14 @@ class BenchDataset:
         """The folder layout the reader expects, as an indented tree."""
         raise NotImplementedError
 
+    def use_cache(self, root: Path) -> None:
+        """Where files the reader derives from the data go (GeneCIS's crops); most derive none."""
+
+    def preset_scopes(self, available: Collection[str]) -> list[str]:
+        """The names under which a run looks up a pipeline's presets (``available``): the
+        benchmark's name (GeneCIS adds ``genecis/<task>`` when one task is run)."""
+        return [self.name]
+
     # ----------------------------------------------------------------- shared helpers
     def check_split(self, split: str) -> str:
         if split not in self.splits:
@@ -135,14 +150,19 @@ class BenchDataset:
                 return path, checked
         return None, checked
 
-    def read_json(self, path: Path) -> Any:
-        """Load an annotation file, saying what is missing and where to look."""
+    def require_file(self, path: Path) -> None:
+        """Raise a DataError saying what is missing and where to look when ``path`` is not a
+        file (annotation files)."""
         if not path.is_file():
             raise DataError(
                 f"{self.name}: annotation file not found: {path}\n"
                 f"expected layout under --data-root:\n{self.expected_tree()}\n"
                 f"run `cir data check {self.name} --data-root {self.data_root}` for details"
             )
+
+    def read_json(self, path: Path) -> Any:
+        """Load an annotation file, saying what is missing and where to look."""
+        self.require_file(path)
         try:
             with path.open(encoding="utf-8") as f:
                 return json.load(f)
