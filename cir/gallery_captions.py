@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 
-from cir.errors import DataError
+from cir.errors import ConfigError, DataError
 
 SIDECAR = "captions"
 
@@ -136,6 +138,7 @@ def caption_gallery(
     batch_size: int = 64,
     progress_file: str | Path | None = None,
     progress: bool = False,
+    source: str | None = None,
 ) -> dict[str, int]:
     """Caption every gallery image with a ``caption`` stage and attach the sidecar.
 
@@ -148,6 +151,7 @@ def caption_gallery(
         captioner: a ``Caption`` stage (its ``num_captions`` is K).
         encoder: the index's text encoder.
         ctx: a stage ``Context`` (cache, resources); a default one over ``index`` when None.
+        source: what made the captions, kept in the sidecar's meta (default: the captioner).
 
     Returns:
         ``{"images": N, "captions_per_image": K, "resumed": R}`` (R rows read from progress).
@@ -166,8 +170,9 @@ def caption_gallery(
         done.update(zip(batch, captions, strict=True))
         _append_progress(progress_file, batch, captions)
     rows = [done[gid] for gid in index.ids]
-    spec = json.dumps(captioner.params.captioner, sort_keys=True)
-    set_caption_sidecar(index, rows, encoder, name, source=f"captioner:{spec}")
+    if source is None:
+        source = "captioner:" + json.dumps(captioner.params.captioner, sort_keys=True)
+    set_caption_sidecar(index, rows, encoder, name, source=source)
     return {"images": len(rows), "captions_per_image": len(rows[0]), "resumed": resumed}
 
 
@@ -198,3 +203,79 @@ def _append_progress(path: str | Path | None, ids: list[str], captions: list[lis
     with open(path, "a") as fh:
         for gid, caps in zip(ids, captions, strict=True):
             fh.write(json.dumps({"candidate": gid, "captions": caps}) + "\n")
+
+
+@dataclasses.dataclass(frozen=True)
+class GalleryCaptionSpec:
+    """The gallery captions a pipeline needs (its ``gallery_captions:`` section): the params of
+    the ``caption`` stage that writes them, the sidecar they go to, images per batch.
+
+    ``cir bench run`` makes them on the benchmark's gallery index before the pipeline runs
+    (once: the sidecar is saved with the cached index and reused while the spec is unchanged).
+
+    Example:
+        >>> GalleryCaptionSpec.from_config(
+        ...     {"captioner": {"backend": "vllm", "model": "llava-hf/llava-v1.6-vicuna-7b-hf"},
+        ...      "prompt": "imagescope", "max_tokens": 256})
+    """
+
+    params: dict[str, Any]
+    sidecar: str = SIDECAR
+    batch_size: int = 64
+
+    @classmethod
+    def from_config(cls, value: Any) -> GalleryCaptionSpec:
+        if not isinstance(value, dict) or not isinstance(value.get("captioner"), dict):
+            raise ConfigError(
+                "`gallery_captions:` must be a mapping with a `captioner:` mapping (backend, "
+                "model), the other `caption` stage params, and optionally `sidecar`, `batch_size`"
+            )
+        params = dict(value)
+        spec = cls(params, params.pop("sidecar", SIDECAR), params.pop("batch_size", 64))
+        if not isinstance(spec.batch_size, int) or spec.batch_size < 1:
+            raise ConfigError(f"`gallery_captions.batch_size` must be >= 1, got {spec.batch_size}")
+        spec.stage()  # the caption stage validates its params
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.params, "sidecar": self.sidecar, "batch_size": self.batch_size}
+
+    def stage(self) -> Any:
+        """The ``caption`` stage that writes these captions."""
+        from cir.stages.caption import Caption
+
+        try:
+            return Caption("gallery_captions", **self.params)
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ConfigError(f"`gallery_captions:` {exc}") from None
+
+    def source(self) -> str:
+        """What identifies the captions: the caption stage's resolved params."""
+        return "gallery_captions:" + json.dumps(
+            self.stage().to_dict().get("params", {}), sort_keys=True
+        )
+
+
+def ensure_gallery_captions(
+    index: Any, spec: GalleryCaptionSpec, index_dir: str | Path, ctx: Any, encoder: Any
+) -> dict[str, Any]:
+    """Caption the gallery as ``spec`` says unless the saved index already holds those captions.
+
+    The captions go through the content cache and a progress file beside the index (named by
+    the spec, so a changed spec never resumes from another's captions); the index is saved
+    with the sidecar. Returns what happened, for the run manifest.
+    """
+    index_dir = Path(index_dir)
+    source = spec.source()
+    if spec.sidecar in index.sidecars and index.sidecar(spec.sidecar)[1].get("source") == source:
+        return {"sidecar": spec.sidecar, "reused": True, "source": source}
+    tag = hashlib.sha256(source.encode()).hexdigest()[:12]
+    progress_file = index_dir.parent / f"{spec.sidecar}-{tag}.partial.jsonl"
+    stage = spec.stage()
+    summary = caption_gallery(
+        index, stage, encoder, ctx, spec.sidecar, spec.batch_size, progress_file,
+        progress=ctx.progress, source=source,
+    )  # fmt: skip
+    index.save(index_dir)
+    progress_file.unlink(missing_ok=True)
+    return {"sidecar": spec.sidecar, "reused": False, "source": source, **summary}

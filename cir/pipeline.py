@@ -16,6 +16,7 @@ import yaml
 
 from cir.errors import ConfigError
 from cir.execution import RunGroup, execute
+from cir.gallery_captions import GalleryCaptionSpec
 from cir.models.spec import EncoderSpec
 from cir.pipeline_file import (
     Deviation,
@@ -62,6 +63,7 @@ class Pipeline:
         deviations: the remaining differences from the paper.
         knobs: the controls the demo offers.
         applied: the presets this instance was built with.
+        gallery_captions: the gallery captions its rules read (made by ``cir bench run``).
 
     Example:
         >>> pipe = load_pipeline("clip_fusion", overrides=["stages.fuse.alpha=0.7"])
@@ -80,6 +82,7 @@ class Pipeline:
         deviations: Sequence[Deviation] | None = None,
         knobs: dict[str, Knob] | None = None,
         applied: Sequence[str] = (),
+        gallery_captions: GalleryCaptionSpec | None = None,
     ) -> None:
         self.stages = list(stages)
         self.name = name
@@ -90,6 +93,7 @@ class Pipeline:
         self.deviations = tuple(deviations) if deviations is not None else None
         self.knobs = knobs or {}
         self.applied = tuple(applied)
+        self.gallery_captions = gallery_captions
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -110,6 +114,7 @@ class Pipeline:
         resolved = apply_overrides(apply_presets(spec, names), overrides)
         stages = [_build_stage(entry, i) for i, entry in enumerate(entries(resolved))]
         encoder = resolved.get("encoder")
+        captions = resolved.get("gallery_captions")
         return cls(
             stages,
             resolved.get("name", ""),
@@ -120,6 +125,7 @@ class Pipeline:
             read_deviations(resolved["deviations"]) if "deviations" in resolved else None,
             read_knobs(resolved.get("knobs")),
             names,
+            GalleryCaptionSpec.from_config(captions) if captions is not None else None,
         )
 
     @classmethod
@@ -139,6 +145,8 @@ class Pipeline:
         out.update(self.extra)
         if self.encoder is not None:
             out["encoder"] = self.encoder.to_dict()
+        if self.gallery_captions is not None:
+            out["gallery_captions"] = self.gallery_captions.to_dict()
         out["stages"] = [stage.to_dict() for stage in self.stages]
         if self.presets:
             out["presets"] = {k: dict(v) for k, v in self.presets.items()}

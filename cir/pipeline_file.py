@@ -31,7 +31,12 @@ import yaml
 from cir._paths import shipped_dir
 from cir.errors import ConfigError
 
-TOP_KEYS = ("name", "description", "paper", "encoder", "stages", "presets", "deviations", "knobs")
+TOP_KEYS = (
+    "name", "description", "paper", "encoder", "gallery_captions", "stages", "presets",
+    "deviations", "knobs",
+)  # fmt: skip
+#: Top-level sections that are mappings, set field by field (``encoder.model=...``).
+SECTIONS = ("encoder", "gallery_captions")
 ENTRY_KEYS = {"stage", "name", "params"}
 KNOB_KEYS = ("alpha", "beta", "top_k", "rerank_mode")
 """The controls the demo page offers; a pipeline maps each it supports to its parameters."""
@@ -128,8 +133,9 @@ def apply_overrides(
 ) -> dict[str, Any]:
     """A copy of ``spec`` with dotted overrides applied.
 
-    Keys: ``stages.<name>.<param>[.<key>...]``, ``encoder.<field>`` (or ``encoder`` for the
-    whole section), ``name``, ``description``.
+    Keys: ``stages.<name>.<param>[.<key>...]``, ``encoder.<field>`` and
+    ``gallery_captions.<field>[.<key>...]`` (or the section's name for all of it), ``name``,
+    ``description``.
     """
     if overrides is None:
         return copy.deepcopy(spec)
@@ -139,21 +145,27 @@ def apply_overrides(
     spec = copy.deepcopy(spec)
     for key, value in items:
         parts = str(key).split(".")
-        if parts[0] in ("name", "description", "encoder") and len(parts) == 1:
+        if parts[0] in ("name", "description", *SECTIONS) and len(parts) == 1:
             spec[parts[0]] = value
-        elif parts[0] == "encoder" and len(parts) == 2:
-            section = spec.get("encoder")
-            section = {"model": section} if isinstance(section, str) else dict(section or {})
-            section[parts[1]] = value
-            spec["encoder"] = section
+        elif parts[0] in SECTIONS and len(parts) >= 2:
+            spec[parts[0]] = _set_in_section(spec.get(parts[0]), parts[1:], value, key)
         elif parts[0] == "stages" and len(parts) >= 3:
             _set_param(_find_entry(spec, parts[1]), parts[2:], value, key)
         else:
             raise ConfigError(
                 f"override {key!r} must be stages.<stage name>.<param>, encoder.<field>, "
-                "name or description"
+                "gallery_captions.<field>, name or description"
             )
     return spec
+
+
+def _set_in_section(section: Any, path: list[str], value: Any, key: str) -> dict[str, Any]:
+    """A copy of a top-level section with ``path`` set (``encoder: ViT-L-14`` is a model)."""
+    section = {"model": section} if isinstance(section, str) else copy.deepcopy(section or {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"override {key!r}: {path[0]!r} is not in a mapping")
+    _set_param({"params": section}, path, value, key)
+    return section
 
 
 def _set_param(entry: dict[str, Any], path: list[str], value: Any, key: str) -> None:

@@ -133,3 +133,31 @@ def _write_marker(folder: Path, encoder: EncoderSpec, fingerprint: str, key, ski
         "skipped": skipped,
     }
     (folder / MARKER).write_text(json.dumps(data, indent=2), encoding="utf-8")
+
+
+def caption_galleries(
+    pipe: Any, groups: list, infos: list[dict], ctx_args: dict[str, Any], release: bool = True
+) -> None:
+    """Give every gallery index the captions the pipeline's ``gallery_captions:`` declares
+    (made once, saved with the cached index); what happened goes into each index's ``infos``.
+
+    ``ctx_args`` are the run's ``Context`` fields (resources, cache, device, progress). The
+    captioner is released afterwards (with ``release``) unless a stage of the pipeline names it.
+    """
+    from cir.context import Context
+    from cir.execution import model_schedule
+    from cir.gallery_captions import ensure_gallery_captions
+    from cir.models.shared import resolve_encoder
+
+    spec = pipe.gallery_captions
+    contexts = [Context(g.index, encoder=pipe.encoder, **ctx_args) for g in groups]
+    for group, info, ctx in zip(groups, infos, contexts, strict=True):
+        encoder = resolve_encoder(ctx, "gallery captions", None)
+        folder = Path(info["folder"]) / "index"
+        info["gallery_captions"] = ensure_gallery_captions(group.index, spec, folder, ctx, encoder)
+    if not release:
+        return
+    stage = spec.stage()
+    used_later = model_schedule(pipe.stages, contexts)
+    captioner = {use.key for ctx in contexts for use in stage.models(ctx)}
+    ctx_args["resources"].release_all(k for k in captioner if k not in used_later)

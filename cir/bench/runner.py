@@ -29,7 +29,7 @@ from typing import Any
 
 from cir.bench.datasets import BenchDataset, Part, Protocol, get_dataset
 from cir.bench.evaluate import score
-from cir.bench.gallery import gallery_index
+from cir.bench.gallery import caption_galleries, gallery_index
 from cir.bench.manifest import StageTotals, build_manifest, write_manifest
 from cir.bench.metrics import subset_ranking
 from cir.bench.missing import drop_missing_images, missing_metric_entries
@@ -148,6 +148,10 @@ def run_benchmark(
         info["compute"] = index.set_compute(compute).describe()
         outcome.indexes[part.name or ds.name] = info
         groups.append(RunGroup(part.queries, index))
+    if pipe.gallery_captions is not None:  # the captions its rules read, made once per gallery
+        ctx_args = {"resources": resources, "cache": cache, "device": device, "progress": progress}
+        infos = list(outcome.indexes.values())
+        caption_galleries(pipe, groups, infos, ctx_args, release=not keep_models)
     results = pipe.run_groups(
         groups, batch_size=batch_size, cache=cache, resources=resources, device=device,
         progress=progress, keep_models=keep_models, keep_artifacts=False, keep_embeddings=False,

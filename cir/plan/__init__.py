@@ -104,13 +104,15 @@ def plan_pipeline(
         gallery_size: images in the gallery index held on the device (fp16 rows).
     """
     ctx = Context(encoder=pipeline.encoder)
-    uses = [_uses(stage, ctx) for stage in pipeline.stages]
+    captions = getattr(pipeline, "gallery_captions", None)  # made before the stages run
+    steps = ([captions.stage()] if captions is not None else []) + list(pipeline.stages)
+    uses = [_uses(stage, ctx) for stage in steps]
     estimates: dict[str, ModelEstimate] = {}
     for stage_uses in uses:
         for use in stage_uses:
             if use.name not in estimates:
                 estimates[use.name] = estimate(use, device)
-    stages = _residency(pipeline.stages, uses, estimates)
+    stages = _residency(steps, uses, estimates)
     size, note = _device_memory(device, device_bytes)
     dim = _encoder_dim(estimates)
     plan = Plan(pipeline.name, device, size, note, estimates, stages, gallery_size * dim * 2)

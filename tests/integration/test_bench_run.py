@@ -276,3 +276,68 @@ def test_compare_two_runs_shows_metrics_and_what_differs(workspace, tiny_clip, t
     )
     assert (tmp_path / "cmp" / "compare.png").read_bytes()[:4] == b"\x89PNG"
     assert "![metrics](compare.png)" in (tmp_path / "cmp" / "compare.md").read_text()
+
+
+def test_gallery_captions_declared_by_a_pipeline_are_made_once_and_saved(workspace, tiny_clip):
+    """A pipeline whose rule reads gallery captions gets them made by `cir bench run` (saved
+    with the cached index, reused by the next run, made again when the spec changes)."""
+    from cir.index import GalleryIndex
+
+    pipeline = workspace / "captioned.yaml"
+    pipeline.write_text(
+        "name: captioned\n"
+        "gallery_captions:\n"
+        "  captioner: {backend: scripted, default: a small wooden thing, name: gallery-cap}\n"
+        "  max_tokens: 16\n"
+        "stages:\n"
+        "  - {stage: encode_text, params: {output: text}}\n"
+        "  - stage: retrieve\n"
+        "    params: {query: text, k: 50, rule: weimocir, rule_params: {beta: 0.3}}\n"
+    )
+
+    def run(out: str, *overrides: str) -> dict:
+        return run_benchmark(
+            "circo", "val", data_root=workspace / "circo", pipeline=str(pipeline),
+            encoder=tiny_clip, out_dir=workspace / out, cache_dir=workspace / "cache",
+            overrides=list(overrides), progress=False,
+        ).manifest  # fmt: skip
+
+    def made(manifest: dict) -> dict:
+        (info,) = manifest["indexes"].values()
+        return info["gallery_captions"]
+
+    first = run("captioned1")
+    assert made(first)["reused"] is False and made(first)["images"] > 50
+    loads = [e["model"] for e in first["model_lifecycle"]["events"] if e["action"] == "load"]
+    assert "scripted:gallery-cap" in loads
+    (info,) = first["indexes"].values()
+    index = GalleryIndex.load(Path(info["folder"]) / "index")
+    tensor, meta = index.sidecar("captions")
+    assert tensor.shape[0] == len(index) and meta["captions"][0] == ["a small wooden thing"]
+    assert first["pipeline"]["gallery_captions"]["max_tokens"] == 16
+
+    second = run("captioned2")
+    assert made(second)["reused"] is True
+    assert not any("gallery-cap" in e["model"] for e in second["model_lifecycle"]["events"])
+
+    changed = run(
+        "captioned3",
+        "gallery_captions.captioner.name=other-cap",
+        "gallery_captions.captioner.default=a large metal thing",
+    )
+    assert made(changed)["reused"] is False
+    (info,) = changed["indexes"].values()
+    meta = GalleryIndex.load(Path(info["folder"]) / "index").sidecar("captions")[1]
+    assert meta["captions"][0] == ["a large metal thing"]
+
+
+def test_a_wrong_gallery_captions_section_is_a_clear_error():
+    from cir.errors import ConfigError
+    from cir.pipeline import Pipeline
+
+    spec = {"name": "x", "stages": [{"stage": "encode_text"}, {"stage": "retrieve"}]}
+    with pytest.raises(ConfigError, match="captioner"):
+        Pipeline.from_dict({**spec, "gallery_captions": {"prompt": "plain"}})
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        Pipeline.from_dict({**spec, "gallery_captions": {"captioner": {"backend": "scripted"},
+                                                         "colour": "red"}})  # fmt: skip

@@ -138,3 +138,15 @@ def test_sizes_parse_with_units():
     assert parse_bytes("512 mib") == 512 * 2**20 and parse_bytes("1000") == 1000
     with pytest.raises(Exception, match="is not a size"):
         parse_bytes("lots")
+
+
+def test_the_gallery_captioner_is_planned_before_the_stages(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    plan = plan_pipeline(load_pipeline("imagescope"), "cuda", 24 * GiB)
+    first = plan.stages[0]
+    assert first.stage == "gallery_captions"
+    assert any("llava" in name for name in first.models)
