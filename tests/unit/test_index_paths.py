@@ -195,7 +195,7 @@ def test_saved_index_chooses_at_load_and_can_be_forced(tmp_path):
 
 
 def test_the_dot_rule_scores_are_products_the_index_can_dispatch():
-    from cir.scoring.rules import RuleInputs, make_rule
+    from cir.stages.retrieve.rules import RuleInputs, make_rule
 
     class State:
         def __init__(self) -> None:

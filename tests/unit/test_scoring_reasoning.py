@@ -10,7 +10,6 @@ from cir.index import GalleryIndex
 from cir.scoring import l2_normalize, weimocir_scores
 from cir.scoring.intersection import intersection_scores, similarity_moments, standardize
 from cir.scoring.objects import multi_grained_scores, object_scores
-from cir.scoring.rules import make_rule, rule_names
 from cir.scoring.verification import (
     consistency_scores,
     promote_first,
@@ -19,6 +18,7 @@ from cir.scoring.verification import (
 )
 from cir.stages.base import Context
 from cir.stages.retrieve import Retrieve
+from cir.stages.retrieve.rules import make_rule, rule_names
 from cir.types import StageRecord
 
 D = 8

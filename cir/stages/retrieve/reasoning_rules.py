@@ -16,7 +16,7 @@ from cir.errors import ConfigError, DataError
 from cir.scoring.chunked import ScoreFn
 from cir.scoring.intersection import intersection_scores, similarity_moments
 from cir.scoring.objects import multi_grained_scores
-from cir.scoring.rules import GalleryRule, RuleInputs, register_rule
+from cir.stages.retrieve.rules import GalleryRule, RuleInputs, register_rule
 
 
 @dataclass(frozen=True)

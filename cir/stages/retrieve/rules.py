@@ -106,7 +106,7 @@ def make_rule(
 
 def _load_more_rules() -> None:
     """Register the rules kept in their own modules (imported on first use)."""
-    import cir.scoring.reasoning_rules  # noqa: F401
+    import cir.stages.retrieve.reasoning_rules  # noqa: F401
 
 
 @dataclass(frozen=True)

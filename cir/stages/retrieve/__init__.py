@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from cir.errors import DataError
 from cir.scoring import apply_hub_penalty, hub_penalty
-from cir.scoring.rules import GalleryRule, RuleInputs, make_rule
 from cir.stages.base import Context, Port, Stage, register_stage
+from cir.stages.retrieve.rules import GalleryRule, RuleInputs, make_rule
 from cir.state import stack_vectors
 from cir.types import QueryState
 
@@ -66,7 +66,7 @@ class Retrieve(Stage):
     protocol); ``restrict_key`` names a ``Query.extras`` entry listing the only ids to rank
     (CIRR's subset protocol). All queries of a batch are scored in one chunked pass.
 
-    ``rule`` picks a gallery scoring rule from ``cir.scoring.rules`` (``dot``: cosine, the
+    ``rule`` picks a gallery scoring rule from ``cir.stages.retrieve.rules`` (``dot``: cosine, the
     default; ``weimocir``, ``seize``, ``basic``, ``multi_grained``, ``intersection``), configured
     by ``rule_params``. ``hubness``
     (a mapping, see :class:`HubnessParams`) corrects gallery hubs with a bank of generic caption
