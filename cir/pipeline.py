@@ -27,10 +27,12 @@ from cir.pipeline_file import (
     list_pipelines,
     parse_override,
     pipeline_path,
+    read_dataset_settings,
     read_deviations,
     read_knobs,
     read_spec,
 )
+from cir.published import Published, read_published
 from cir.resources import Resources
 from cir.stages.base import Context, Port, Stage, registered_stages, stage_class
 from cir.types import Query, QueryState
@@ -62,6 +64,8 @@ class Pipeline:
         deviations: the remaining differences from the paper.
         knobs: the controls the demo offers.
         applied: the presets this instance was built with.
+        published: the paper's numbers for the settings the presets reproduce.
+        dataset: benchmark settings after the presets (``text_rule``).
 
     Example:
         >>> pipe = load_pipeline("clip_fusion", overrides=["stages.fuse.alpha=0.7"])
@@ -80,6 +84,8 @@ class Pipeline:
         deviations: Sequence[Deviation] | None = None,
         knobs: dict[str, Knob] | None = None,
         applied: Sequence[str] = (),
+        published: Sequence[Published] = (),
+        dataset: dict[str, str] | None = None,
     ) -> None:
         self.stages = list(stages)
         self.name = name
@@ -90,6 +96,8 @@ class Pipeline:
         self.deviations = tuple(deviations) if deviations is not None else None
         self.knobs = knobs or {}
         self.applied = tuple(applied)
+        self.published = tuple(published)
+        self.dataset = dict(dataset or {})
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -120,6 +128,8 @@ class Pipeline:
             read_deviations(resolved["deviations"]) if "deviations" in resolved else None,
             read_knobs(resolved.get("knobs")),
             names,
+            read_published(resolved.get("published")),
+            read_dataset_settings(resolved.get("dataset")),
         )
 
     @classmethod
@@ -139,11 +149,15 @@ class Pipeline:
         out.update(self.extra)
         if self.encoder is not None:
             out["encoder"] = self.encoder.to_dict()
+        if self.dataset:
+            out["dataset"] = dict(self.dataset)
         out["stages"] = [stage.to_dict() for stage in self.stages]
         if self.presets:
             out["presets"] = {k: dict(v) for k, v in self.presets.items()}
         if self.deviations is not None:
             out["deviations"] = [d.to_dict() for d in self.deviations]
+        if self.published:
+            out["published"] = [row.to_dict() for row in self.published]
         if self.knobs:
             out["knobs"] = {k: knob.to_dict() for k, knob in self.knobs.items()}
         return out

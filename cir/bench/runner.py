@@ -118,11 +118,15 @@ def run_benchmark(
     from cir.index.compute import check_compute
 
     check_compute(compute)
-    ds = get_dataset(
-        dataset, data_root, image_root=image_root, text_rule=text_rule,
-        **({"categories": categories} if categories else {}),
-        **({"tasks": tasks} if tasks else {}),
-    )  # fmt: skip
+    options = {"categories": categories, "tasks": tasks}
+    options = {k: v for k, v in options.items() if v}
+    ds = get_dataset(dataset, data_root, image_root=image_root, text_rule=text_rule, **options)
+    if text_rule is None:  # the pipeline's (or its dataset preset's) rule, when it names one
+        declared = _declared_text_rule(pipeline, overrides, preset, ds, encoder)
+        if declared and declared != ds.text_rule:
+            ds = get_dataset(
+                dataset, data_root, image_root=image_root, text_rule=declared, **options
+            )
     started = time.perf_counter()
     cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
     ds.use_cache(cache_root)  # files the reader derives (GeneCIS's crops) go there
@@ -254,6 +258,17 @@ def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part], enco
     """The pipeline with its presets (by default the dataset's and the backbone's), the
     encoder override, and the benchmark's protocol on every retrieve stage."""
     from cir.pipeline import load_pipeline
+
+    first, presets, spec = _with_presets(pipeline, overrides, preset, ds, encoder)
+    overrides = [*overrides, *_encoder_overrides(encoder)]
+    largest = max((len(p.gallery) for p in parts), default=0)
+    protocol = protocol_overrides(first, ds.protocol, largest)
+    return load_pipeline(pipeline, [*overrides, *protocol], presets), presets, spec
+
+
+def _with_presets(pipeline, overrides, preset, ds: BenchDataset, encoder):
+    """The pipeline with the presets a run on ``ds`` applies, those presets, and its encoder."""
+    from cir.pipeline import load_pipeline
     from cir.pipeline_file import preset_names
 
     overrides = [*overrides, *_encoder_overrides(encoder)]
@@ -267,10 +282,12 @@ def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part], enco
             presets += [p for p in preset_names(first.presets, scope, spec.backbone)
                         if p not in presets]  # fmt: skip
     first = load_pipeline(pipeline, overrides, presets)
-    spec = first.encoder or spec
-    largest = max((len(p.gallery) for p in parts), default=0)
-    protocol = protocol_overrides(first, ds.protocol, largest)
-    return load_pipeline(pipeline, [*overrides, *protocol], presets), presets, spec
+    return first, presets, first.encoder or spec
+
+
+def _declared_text_rule(pipeline, overrides, preset, ds: BenchDataset, encoder) -> str | None:
+    """The query-text rule the pipeline declares for ``ds`` (``dataset.text_rule``), if any."""
+    return _with_presets(pipeline, overrides, preset, ds, encoder)[0].dataset.get("text_rule")
 
 
 def _encoder_overrides(encoder: str | None) -> list[str]:
