@@ -22,7 +22,7 @@ _METRIC_NAMES = {
     "cirr": r"(Recall|Recall_subset)@\d+",
     "fashioniq": r"(dress|shirt|toptee|average)/Recall@\d+",
     "genecis": r"[a-z_]+/Recall@\d+",
-    "icir": r"[A-Za-z_]+@\d+",
+    "icir": r"(mAP|macro_mAP|min_mAP)",
     "zerosight": r"[A-Za-z_/]+@\d+",
 }
 """The metric names ``cir bench run`` writes, per benchmark (see :mod:`cir.bench.metrics`)."""
