@@ -72,6 +72,14 @@ def _deviations_text(pipe) -> str:
     return "\n".join(lines)
 
 
+@pipelines_group.command("reproduce-table")
+def reproduce_table_command() -> None:
+    """Print docs/reproduce.md: every published row, its command and its deviations."""
+    from cir.bench.reproduce import reproduce_table
+
+    click.echo(reproduce_table(), nl=False)
+
+
 @pipelines_group.command("plan")
 @click.argument("name")
 @overrides_option
