@@ -118,15 +118,8 @@ def run_benchmark(
     from cir.index.compute import check_compute
 
     check_compute(compute)
-    options = {"categories": categories, "tasks": tasks}
-    options = {k: v for k, v in options.items() if v}
-    ds = get_dataset(dataset, data_root, image_root=image_root, text_rule=text_rule, **options)
-    if text_rule is None:  # the pipeline's (or its dataset preset's) rule, when it names one
-        declared = _declared_text_rule(pipeline, overrides, preset, ds, encoder)
-        if declared and declared != ds.text_rule:
-            ds = get_dataset(
-                dataset, data_root, image_root=image_root, text_rule=declared, **options
-            )
+    options = {"categories": categories, "tasks": tasks, "image_root": image_root}
+    ds = open_dataset(dataset, data_root, pipeline, text_rule, overrides, preset, encoder, options)
     started = time.perf_counter()
     cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
     ds.use_cache(cache_root)  # files the reader derives (GeneCIS's crops) go there
@@ -285,9 +278,34 @@ def _with_presets(pipeline, overrides, preset, ds: BenchDataset, encoder):
     return first, presets, first.encoder or spec
 
 
-def _declared_text_rule(pipeline, overrides, preset, ds: BenchDataset, encoder) -> str | None:
-    """The query-text rule the pipeline declares for ``ds`` (``dataset.text_rule``), if any."""
-    return _with_presets(pipeline, overrides, preset, ds, encoder)[0].dataset.get("text_rule")
+def open_dataset(
+    dataset: str,
+    data_root,
+    pipeline,
+    text_rule=None,
+    overrides=(),
+    preset=None,
+    encoder=None,
+    options: dict | None = None,
+) -> BenchDataset:
+    """The benchmark reader, with the query-text rule given, else the one the pipeline (or its
+    dataset preset, ``dataset.text_rule``) declares, else the benchmark's default."""
+    options = {k: v for k, v in (options or {}).items() if v}
+    ds = get_dataset(dataset, data_root, text_rule=text_rule, **options)
+    if text_rule is None:
+        first = _with_presets(pipeline, overrides, preset, ds, encoder)[0]
+        declared = first.dataset.get("text_rule")
+        if declared and declared != ds.text_rule:
+            ds = get_dataset(dataset, data_root, text_rule=declared, **options)
+    return ds
+
+
+def open_run(dataset, data_root, image_root, pipeline, split: str, encoder=None, overrides=()):
+    """What a run with its default presets would use: reader, pipeline, encoder, parts."""
+    options = {"image_root": image_root}
+    ds = open_dataset(dataset, data_root, pipeline, None, overrides, None, encoder, options)
+    pipe, _, spec = _with_presets(pipeline, overrides, None, ds, encoder)
+    return ds, pipe, spec, ds.parts(split)
 
 
 def _encoder_overrides(encoder: str | None) -> list[str]:

@@ -281,6 +281,13 @@ def validate_spec(spec: dict[str, Any]) -> tuple[str, Any]:
     return name, options
 
 
+def backend_identity(spec: dict[str, Any]) -> str:
+    """The ``identity`` the backend of ``spec`` reports, without loading its model (for writing
+    cache entries that a later run with this spec will find)."""
+    name, options = validate_spec(spec)
+    return _backend_module(name).identity(options)
+
+
 def spec_key(spec: dict[str, Any]) -> tuple[str, str]:
     """A hashable, order-independent key for a spec (how resources share engines)."""
     name, options = validate_spec(spec)

@@ -74,9 +74,7 @@ class TransformersLLM:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        rev = f"@{options.revision}" if options.revision else ""
-        raw = "" if options.use_chat_template else ":raw"
-        self.identity = f"transformers:{options.model}{rev}:{options.dtype}{raw}"
+        self.identity = identity(options)
         self.kind, self.model, self.processor = _load(options)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
 
@@ -297,6 +295,13 @@ def _placement(options: Options) -> dict[str, Any]:
     if options.device_map:
         kwargs["device_map"] = options.device_map
     return kwargs
+
+
+def identity(options: Options) -> str:
+    """The backend's identity for ``options`` (cache keys), without loading the model."""
+    rev = f"@{options.revision}" if options.revision else ""
+    raw = "" if options.use_chat_template else ":raw"
+    return f"transformers:{options.model}{rev}:{options.dtype}{raw}"
 
 
 def build(options: Options, resources: Resources | None = None) -> TransformersLLM:
