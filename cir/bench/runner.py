@@ -154,7 +154,7 @@ def run_benchmark(
     with (out / "queries.jsonl").open("w", encoding="utf-8") as details:
         for states in results:
             outcome.add(states, ds.protocol)
-            details.writelines(json.dumps(_detail(s)) + "\n" for s in states)
+            details.writelines(json.dumps(_detail(s), default=str) + "\n" for s in states)
     run_info = {
         "dataset": ds.name,
         "split": split,
@@ -397,7 +397,8 @@ def _default_out(dataset: str, split: str, pipeline: str) -> Path:
 
 # ----------------------------------------------------------------------------- outputs
 def _detail(state: QueryState) -> dict[str, Any]:
-    """A compact per-query record: texts the stages wrote and the top 10."""
+    """A compact per-query record: texts the stages wrote, the top 10 and the stages' notes
+    (e.g. the LDRE ensemble's weights)."""
     ranking = state.ranking
     return {
         "id": state.query.id,
@@ -408,6 +409,7 @@ def _detail(state: QueryState) -> dict[str, Any]:
         "reasoning": state.reasoning,
         "top10": list(ranking.ids[:10]) if ranking else [],
         "target_id": state.query.extras.get("target_id"),
+        "notes": {r.stage: r.notes for r in state.trace if r.notes},
     }
 
 
