@@ -137,7 +137,9 @@ class Basic(Stage):
         if mean.shape != (index.dim,):
             raise DataError(
                 f"image mean {path!r} has shape {tuple(mean.shape)}; expected ({index.dim},), "
-                "one value per embedding dimension of the index"
+                "one value per embedding dimension of the index: it belongs to another encoder. "
+                "Give this encoder's mean, or set stages.basic.image_mean=null to centre by the "
+                "gallery mean"
             )
         return mean
 
