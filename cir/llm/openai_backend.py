@@ -143,6 +143,11 @@ class OpenAICompatibleLLM:
         )
 
     def _payload(self, req: ChatRequest, n: int, seed: int) -> dict[str, Any]:
+        if req.min_tokens:
+            raise ConfigError(
+                f"the OpenAI-compatible API has no minimum answer length (min_tokens="
+                f"{req.min_tokens}); set min_tokens: 0 for {self.identity}"
+            )
         payload: dict[str, Any] = {
             "model": self.options.model,
             "messages": [self._message(m) for m in req.messages],

@@ -98,7 +98,7 @@ class TransformersLLM:
         """Indices grouped by what one ``generate`` call must share."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
-            key = (req.max_tokens, req.n, req.logprobs, req.sampled, req.num_beams)
+            key = (req.max_tokens, req.min_tokens, req.n, req.logprobs, req.sampled, req.num_beams)
             if req.sampled:
                 key += (req.temperature, req.top_p)
             if self.kind == "captioner":
@@ -111,6 +111,7 @@ class TransformersLLM:
         inputs = self._encode(batch).to(self.model.device)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=first.max_tokens,
+            min_new_tokens=first.min_tokens or None,
             num_return_sequences=_rows_per_request(first),
             do_sample=first.sampled,
             return_dict_in_generate=True,

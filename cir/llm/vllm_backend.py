@@ -134,6 +134,7 @@ def _sampling_params(req: ChatRequest):
         temperature=req.temperature,
         top_p=req.top_p,
         max_tokens=req.max_tokens,
+        min_tokens=req.min_tokens,
         seed=req.seed,
         logprobs=req.logprobs or None,
     )
