@@ -250,8 +250,19 @@ def _recompose_entries(stage, generator, query, image, record: QueryRecord) -> l
     for caption, target in zip(record.captions, record.targets, strict=True):
         values = {"caption": caption, "modification": query.text}
         variables = {k: values[k] for k in generator.prompt.variables}
-        out.append(generator.cache_entry(Ask(variables), [target]))
+        out.append(generator.cache_entry(Ask(variables), [_as_answer(generator.prompt, target)]))
     return out
+
+
+def _as_answer(prompt: Any, text: str) -> str:
+    """The released text as the prompt's parser reads it back (a released edit is the parsed
+    answer: a labelled-line prompt gets its label back, a one-key JSON prompt its key)."""
+    spec = prompt.parser_spec
+    if spec.get("kind") == "labelled_line":
+        return f"{spec['label']}: {text}"
+    if spec.get("kind") == "json_key":
+        return json.dumps({spec["key"]: text}, ensure_ascii=False)
+    return text
 
 
 def _reason_entries(stage, generator, query, image, record: QueryRecord) -> list:

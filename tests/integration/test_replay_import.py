@@ -151,3 +151,35 @@ def test_weimocir_gallery_captions_become_the_runs_caption_sidecar(circo, tiny_c
         out_dir=tmp_path / "run", cache_dir=cache, progress=False, resources=Resources(),
     )  # fmt: skip
     assert run.manifest["indexes"]["circo"]["reused"]  # the captioned index served the run
+
+
+def test_cirevl_mods_file_answers_a_cirevl_run(circo, tiny_clip, tmp_path):
+    from cir.bench.datasets import get_dataset
+
+    queries = get_dataset("circo", circo).queries("val")
+    mods = {
+        "base_caption": [f"a photo of scene {q.id}" for q in queries],
+        "instruction": [q.text for q in queries],
+        "modified_captions": [f"the scene {q.id} after the change" for q in queries],
+    }
+    file = tmp_path / "circo_blip2_t5_val_mods_structural.json"
+    file.write_text(json.dumps(mods))
+    overrides = _overrides()[:2]  # scripted captioner and LLM, one caption per query
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    result = CliRunner().invoke(
+        cli,
+        ["replay", "import", "cirevl", str(file), "--dataset", "circo", "--split", "val",
+         "--data-root", str(circo), "--pipeline", "cirevl", "--encoder", tiny_clip,
+         "--cache-dir", str(tmp_path / "cache"), *sets],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "12 cache entries for 6 queries" in result.output
+    run = run_benchmark(
+        "circo", "val", data_root=circo, pipeline="cirevl", encoder=tiny_clip,
+        out_dir=tmp_path / "run", cache_dir=tmp_path / "cache", progress=False,
+        overrides=overrides, resources=Resources(),
+    )  # fmt: skip
+    for line in (run.out_dir / "queries.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        assert d["captions"] == [f"a photo of scene {d['id']}"]
+        assert d["targets"] == [f"the scene {d['id']} after the change"]
