@@ -280,9 +280,12 @@ class ContentCache:
         """Store one entry; returns its key."""
         return self.put_many([entry])[0]
 
-    def put_many(self, entries: Iterable[CacheEntry]) -> list[str]:
-        """Store entries in one transaction (all or nothing); returns their keys."""
-        rows = [_row(e) for e in entries]
+    def put_many(self, entries: Iterable[CacheEntry], source: str | None = None) -> list[str]:
+        """Store entries in one transaction (all or nothing); returns their keys.
+
+        ``source`` marks where they came from (``replay:<sha256>``); runs count hits per mark.
+        """
+        rows = [_row(e, source) for e in entries]
         with _database(self.path), self._connection() as conn:
             conn.executemany(f"INSERT OR REPLACE INTO entries ({_COLUMNS}) VALUES ({_MARKS})", rows)
         with self._lock:
@@ -426,7 +429,7 @@ def _database(path: Path) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------- encoding helpers
-def _row(entry: CacheEntry) -> tuple:
+def _row(entry: CacheEntry, source: str | None = None) -> tuple:
     encoding, blob = _encode(entry.value)
     parts = dict(entry.parts)
     return (
@@ -438,7 +441,7 @@ def _row(entry: CacheEntry) -> tuple:
         blob,
         json.dumps(parts, sort_keys=True, ensure_ascii=False),
         time.time(),
-        None,
+        source,
     )
 
 

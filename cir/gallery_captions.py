@@ -259,7 +259,9 @@ class GalleryCaptionSpec:
 def ensure_gallery_captions(
     index: Any, spec: GalleryCaptionSpec, index_dir: str | Path, ctx: Any, encoder: Any
 ) -> dict[str, Any]:
-    """Caption the gallery as ``spec`` says unless the saved index already holds those captions.
+    """Caption the gallery as ``spec`` says unless the saved index already holds those captions,
+    or captions that did not come from a ``gallery_captions:`` section (imported with
+    ``cir replay import`` or ``cir index caption``): those are the user's and are kept.
 
     The captions go through the content cache and a progress file beside the index (named by
     the spec, so a changed spec never resumes from another's captions); the index is saved
@@ -267,8 +269,12 @@ def ensure_gallery_captions(
     """
     index_dir = Path(index_dir)
     source = spec.source()
-    if spec.sidecar in index.sidecars and index.sidecar(spec.sidecar)[1].get("source") == source:
-        return {"sidecar": spec.sidecar, "reused": True, "source": source}
+    if spec.sidecar in index.sidecars:
+        present = str(index.sidecar(spec.sidecar)[1].get("source", ""))
+        if present == source:
+            return {"sidecar": spec.sidecar, "reused": True, "source": source}
+        if not present.startswith("gallery_captions:"):  # imported or made by hand: the user's
+            return {"sidecar": spec.sidecar, "reused": True, "source": present, "kept": True}
     tag = hashlib.sha256(source.encode()).hexdigest()[:12]
     progress_file = index_dir.parent / f"{spec.sidecar}-{tag}.partial.jsonl"
     stage = spec.stage()

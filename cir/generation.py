@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from cir.cache import CacheEntry, ContentCache, fingerprint_image
-from cir.errors import CirError, ConfigError
+from cir.errors import CirError, ConfigError, DataError
 from cir.images import load_image
 from cir.llm import ChatRequest, Generation, LLMBackend, Sampling
 from cir.prompts import FallbackPolicy, ParseError, Parser, Prompt
@@ -160,6 +160,15 @@ class Generator:
         for ask, answer, slots in zip(asks, answers, failed, strict=True):
             self._finish(ask, answer, slots)
         return answers
+
+    def cache_entry(self, ask: Ask, texts: Sequence[str]) -> CacheEntry:
+        """The cache entry that answers ``ask`` with ``texts`` (``n`` of them) on its first
+        attempt: how known outputs (a paper's released captions and edits) are replayed."""
+        if len(texts) != self.n:
+            raise DataError(f"stage {self.stage!r} asks for {self.n} answer(s), got {len(texts)}")
+        fingerprints = [fingerprint_image(image) for image in ask.images]
+        parts = self.cache_key_parts(ask, fingerprints, _Job(0, self.sampling, self.n), 0)
+        return CacheEntry(parts, {"texts": list(texts), "logprobs": None}, kind=self.kind)
 
     def cache_key_parts(
         self, ask: Ask, fingerprints: Sequence[str], job: _Job, attempt: int

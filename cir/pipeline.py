@@ -28,10 +28,12 @@ from cir.pipeline_file import (
     list_pipelines,
     parse_override,
     pipeline_path,
+    read_dataset_settings,
     read_deviations,
     read_knobs,
     read_spec,
 )
+from cir.published import Published, read_published
 from cir.resources import Resources
 from cir.stages.base import Context, Port, Stage, registered_stages, stage_class
 from cir.types import Query, QueryState
@@ -64,6 +66,8 @@ class Pipeline:
         knobs: the controls the demo offers.
         applied: the presets this instance was built with.
         gallery_captions: the gallery captions its rules read (made by ``cir bench run``).
+        published: the paper's numbers for the settings the presets reproduce.
+        dataset: benchmark settings after the presets (``text_rule``).
 
     Example:
         >>> pipe = load_pipeline("clip_fusion", overrides=["stages.fuse.alpha=0.7"])
@@ -83,6 +87,8 @@ class Pipeline:
         knobs: dict[str, Knob] | None = None,
         applied: Sequence[str] = (),
         gallery_captions: GalleryCaptionSpec | None = None,
+        published: Sequence[Published] = (),
+        dataset: dict[str, str] | None = None,
     ) -> None:
         self.stages = list(stages)
         self.name = name
@@ -94,6 +100,8 @@ class Pipeline:
         self.knobs = knobs or {}
         self.applied = tuple(applied)
         self.gallery_captions = gallery_captions
+        self.published = tuple(published)
+        self.dataset = dict(dataset or {})
         self._validate()
 
     # ------------------------------------------------------------------ construction
@@ -126,6 +134,8 @@ class Pipeline:
             read_knobs(resolved.get("knobs")),
             names,
             GalleryCaptionSpec.from_config(captions) if captions is not None else None,
+            read_published(resolved.get("published")),
+            read_dataset_settings(resolved.get("dataset")),
         )
 
     @classmethod
@@ -147,11 +157,15 @@ class Pipeline:
             out["encoder"] = self.encoder.to_dict()
         if self.gallery_captions is not None:
             out["gallery_captions"] = self.gallery_captions.to_dict()
+        if self.dataset:
+            out["dataset"] = dict(self.dataset)
         out["stages"] = [stage.to_dict() for stage in self.stages]
         if self.presets:
             out["presets"] = {k: dict(v) for k, v in self.presets.items()}
         if self.deviations is not None:
             out["deviations"] = [d.to_dict() for d in self.deviations]
+        if self.published:
+            out["published"] = [row.to_dict() for row in self.published]
         if self.knobs:
             out["knobs"] = {k: knob.to_dict() for k, knob in self.knobs.items()}
         return out

@@ -10,8 +10,12 @@ A pipeline file is YAML::
     presets:                 # applied by name; `cir bench run D` applies D, @B and D@B
       circo: {stages.retrieve.exclude_reference: false}
       cirr@ViT-bigG-14: {stages.retrieve.rule_params.lambda_neg: 0.22}
+    dataset:                 # benchmark settings; presets may set them (dataset.text_rule)
+      text_rule: concat
     deviations:              # every remaining difference from the paper (empty: none)
       - {what: ..., why: ..., effect: ..., presets: [cirr]}
+    published:               # the paper's own numbers for the settings the presets reproduce
+      - {dataset: circo, backbone: ViT-L-14, source: "paper Table 1", metrics: {mAP@5: 18.57}}
     knobs:                   # what the demo lets people change
       alpha: {label: "α (text weight)", set: [stages.fuse.alpha], range: [0, 1], step: 0.05}
 
@@ -32,11 +36,13 @@ from cir._paths import shipped_dir
 from cir.errors import ConfigError
 
 TOP_KEYS = (
-    "name", "description", "paper", "encoder", "gallery_captions", "stages", "presets",
-    "deviations", "knobs",
+    "name", "description", "paper", "encoder", "gallery_captions", "dataset", "stages",
+    "presets", "deviations", "published", "knobs",
 )  # fmt: skip
 #: Top-level sections that are mappings, set field by field (``encoder.model=...``).
 SECTIONS = ("encoder", "gallery_captions")
+DATASET_KEYS = ("text_rule",)
+"""Benchmark settings a pipeline (or one of its presets, as ``dataset.<key>``) may declare."""
 ENTRY_KEYS = {"stage", "name", "params"}
 KNOB_KEYS = ("alpha", "beta", "top_k", "rerank_mode")
 """The controls the demo page offers; a pipeline maps each it supports to its parameters."""
@@ -134,8 +140,8 @@ def apply_overrides(
     """A copy of ``spec`` with dotted overrides applied.
 
     Keys: ``stages.<name>.<param>[.<key>...]``, ``encoder.<field>`` and
-    ``gallery_captions.<field>[.<key>...]`` (or the section's name for all of it), ``name``,
-    ``description``.
+    ``gallery_captions.<field>[.<key>...]`` (or the section's name for all of it),
+    ``dataset.<key>`` (:data:`DATASET_KEYS`), ``name``, ``description``.
     """
     if overrides is None:
         return copy.deepcopy(spec)
@@ -149,12 +155,14 @@ def apply_overrides(
             spec[parts[0]] = value
         elif parts[0] in SECTIONS and len(parts) >= 2:
             spec[parts[0]] = _set_in_section(spec.get(parts[0]), parts[1:], value, key)
+        elif parts[0] == "dataset" and len(parts) == 2 and parts[1] in DATASET_KEYS:
+            spec["dataset"] = {**(spec.get("dataset") or {}), parts[1]: value}
         elif parts[0] == "stages" and len(parts) >= 3:
             _set_param(_find_entry(spec, parts[1]), parts[2:], value, key)
         else:
             raise ConfigError(
                 f"override {key!r} must be stages.<stage name>.<param>, encoder.<field>, "
-                "gallery_captions.<field>, name or description"
+                f"gallery_captions.<field>, dataset.<{'|'.join(DATASET_KEYS)}>, name or description"
             )
     return spec
 
@@ -311,3 +319,14 @@ def _knob(key: str, item: Any) -> Knob:
         raise ConfigError(f"knob {key!r} needs `range: [low, high]` (numbers) or `choices:`")
     step = item.get("step", 1 if key == "top_k" else 0.05)
     return Knob(key, label, tuple(targets), float(low), float(high), float(step))
+
+
+def read_dataset_settings(value: Any) -> dict[str, str]:
+    """The checked ``dataset:`` section (benchmark settings such as the query-text rule)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not set(value) <= set(DATASET_KEYS):
+        raise ConfigError(
+            f"`dataset:` must be a mapping with the key(s) {', '.join(DATASET_KEYS)}, got {value!r}"
+        )
+    return {str(k): str(v) for k, v in value.items() if v is not None}

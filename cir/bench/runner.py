@@ -118,11 +118,8 @@ def run_benchmark(
     from cir.index.compute import check_compute
 
     check_compute(compute)
-    ds = get_dataset(
-        dataset, data_root, image_root=image_root, text_rule=text_rule,
-        **({"categories": categories} if categories else {}),
-        **({"tasks": tasks} if tasks else {}),
-    )  # fmt: skip
+    options = {"categories": categories, "tasks": tasks, "image_root": image_root}
+    ds = open_dataset(dataset, data_root, pipeline, text_rule, overrides, preset, encoder, options)
     started = time.perf_counter()
     cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
     ds.use_cache(cache_root)  # files the reader derives (GeneCIS's crops) go there
@@ -161,7 +158,7 @@ def run_benchmark(
     with (out / "queries.jsonl").open("w", encoding="utf-8") as details:
         for states in results:
             outcome.add(states, ds.protocol)
-            details.writelines(json.dumps(_detail(s)) + "\n" for s in states)
+            details.writelines(json.dumps(_detail(s), default=str) + "\n" for s in states)
     run_info = {
         "dataset": ds.name,
         "split": split,
@@ -258,6 +255,17 @@ def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part], enco
     """The pipeline with its presets (by default the dataset's and the backbone's), the
     encoder override, and the benchmark's protocol on every retrieve stage."""
     from cir.pipeline import load_pipeline
+
+    first, presets, spec = _with_presets(pipeline, overrides, preset, ds, encoder)
+    overrides = [*overrides, *_encoder_overrides(encoder)]
+    largest = max((len(p.gallery) for p in parts), default=0)
+    protocol = protocol_overrides(first, ds.protocol, largest)
+    return load_pipeline(pipeline, [*overrides, *protocol], presets), presets, spec
+
+
+def _with_presets(pipeline, overrides, preset, ds: BenchDataset, encoder):
+    """The pipeline with the presets a run on ``ds`` applies, those presets, and its encoder."""
+    from cir.pipeline import load_pipeline
     from cir.pipeline_file import preset_names
 
     overrides = [*overrides, *_encoder_overrides(encoder)]
@@ -271,10 +279,37 @@ def _load(pipeline, overrides, preset, ds: BenchDataset, parts: list[Part], enco
             presets += [p for p in preset_names(first.presets, scope, spec.backbone)
                         if p not in presets]  # fmt: skip
     first = load_pipeline(pipeline, overrides, presets)
-    spec = first.encoder or spec
-    largest = max((len(p.gallery) for p in parts), default=0)
-    protocol = protocol_overrides(first, ds.protocol, largest)
-    return load_pipeline(pipeline, [*overrides, *protocol], presets), presets, spec
+    return first, presets, first.encoder or spec
+
+
+def open_dataset(
+    dataset: str,
+    data_root,
+    pipeline,
+    text_rule=None,
+    overrides=(),
+    preset=None,
+    encoder=None,
+    options: dict | None = None,
+) -> BenchDataset:
+    """The benchmark reader, with the query-text rule given, else the one the pipeline (or its
+    dataset preset, ``dataset.text_rule``) declares, else the benchmark's default."""
+    options = {k: v for k, v in (options or {}).items() if v}
+    ds = get_dataset(dataset, data_root, text_rule=text_rule, **options)
+    if text_rule is None:
+        first = _with_presets(pipeline, overrides, preset, ds, encoder)[0]
+        declared = first.dataset.get("text_rule")
+        if declared and declared != ds.text_rule:
+            ds = get_dataset(dataset, data_root, text_rule=declared, **options)
+    return ds
+
+
+def open_run(dataset, data_root, image_root, pipeline, split: str, encoder=None, overrides=()):
+    """What a run with its default presets would use: reader, pipeline, encoder, parts."""
+    options = {"image_root": image_root}
+    ds = open_dataset(dataset, data_root, pipeline, None, overrides, None, encoder, options)
+    pipe, _, spec = _with_presets(pipeline, overrides, None, ds, encoder)
+    return ds, pipe, spec, ds.parts(split)
 
 
 def _encoder_overrides(encoder: str | None) -> list[str]:
@@ -366,7 +401,8 @@ def _default_out(dataset: str, split: str, pipeline: str) -> Path:
 
 # ----------------------------------------------------------------------------- outputs
 def _detail(state: QueryState) -> dict[str, Any]:
-    """A compact per-query record: texts the stages wrote and the top 10."""
+    """A compact per-query record: texts the stages wrote, the top 10 and the stages' notes
+    (e.g. the LDRE ensemble's weights)."""
     ranking = state.ranking
     return {
         "id": state.query.id,
@@ -377,6 +413,7 @@ def _detail(state: QueryState) -> dict[str, Any]:
         "reasoning": state.reasoning,
         "top10": list(ranking.ids[:10]) if ranking else [],
         "target_id": state.query.extras.get("target_id"),
+        "notes": {r.stage: r.notes for r in state.trace if r.notes},
     }
 
 

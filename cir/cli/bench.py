@@ -177,6 +177,26 @@ def compare_command(run_dirs: tuple[str, ...], out_dir: str | None, as_json: boo
         click.echo(f"wrote {path}")
 
 
+@bench_group.command("reproduce")
+@click.argument("pipeline")
+@dataset_argument
+@click.option("--backbone", default=None, help="The published row's backbone, e.g. ViT-B-32.")
+@data_root_option
+@click.option("--dry-run", is_flag=True, help="Print the command instead of running it.")
+def reproduce_command(
+    pipeline: str, dataset: str, backbone: str | None, data_root: str, dry_run: bool
+) -> None:
+    """Run the published setting of PIPELINE on DATASET (a row of docs/reproduce.md)."""
+    import shlex
+
+    from cir.bench.reproduce import find_row
+
+    row = find_row(pipeline, dataset.lower(), backbone)
+    click.echo(shlex.join(row.command(data_root)), err=not dry_run)
+    if not dry_run:
+        bench_group.main(["run", *row.arguments(data_root)], standalone_mode=False)
+
+
 def _metrics_table(metrics: dict[str, float]) -> str:
     from cir.bench.report import format_value
 

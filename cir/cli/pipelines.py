@@ -46,6 +46,17 @@ def show_command(
     else:
         click.echo(pipeline_path(name).read_text(), nl=False)
     click.echo(_deviations_text(pipe))
+    click.echo(_published_text(pipe))
+
+
+def _published_text(pipe) -> str:
+    if not pipe.published:
+        return "# published numbers: none declared"
+    lines = [f"# published numbers ({len(pipe.published)}):"]
+    for row in pipe.published:
+        numbers = ", ".join(f"{k} {v:g}" for k, v in row.metrics.items())
+        lines.append(f"#  - {row.dataset} {row.split} {row.backbone} ({row.source}): {numbers}")
+    return "\n".join(lines)
 
 
 def _deviations_text(pipe) -> str:
@@ -59,6 +70,14 @@ def _deviations_text(pipe) -> str:
         text = f"{d.what} — why: {d.why} — expected effect: {d.effect}"
         lines += textwrap.wrap(text, 96, initial_indent="#  - ", subsequent_indent="#    ")
     return "\n".join(lines)
+
+
+@pipelines_group.command("reproduce-table")
+def reproduce_table_command() -> None:
+    """Print docs/reproduce.md: every published row, its command and its deviations."""
+    from cir.bench.reproduce import reproduce_table
+
+    click.echo(reproduce_table(), nl=False)
 
 
 @pipelines_group.command("plan")

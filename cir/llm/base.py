@@ -77,6 +77,8 @@ class Sampling:
         seed: sampling seed; the same seed gives the same samples.
         num_beams: beam search width for greedy decoding (1: no beam search); the transformers
             backend supports it, other backends refuse values above 1.
+        min_tokens: fewest new tokens before an end token may stop a sample (0: no minimum);
+            transformers and vLLM honour it, the OpenAI-compatible API has no such setting.
 
     Example:
         >>> Sampling(temperature=1.0, top_p=0.9, seed=0)     # LDRE-style sampled captions
@@ -88,19 +90,26 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
     num_beams: int = 1
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         check_sampling(self.max_tokens, self.temperature, self.top_p, self.num_beams)
+        if not 0 <= self.min_tokens <= (self.max_tokens or self.min_tokens):
+            limit = f"[0, max_tokens={self.max_tokens}]"
+            raise ValueError(f"min_tokens must be within {limit}, got {self.min_tokens}")
 
     @property
     def sampled(self) -> bool:
         return self.temperature > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (cache keys and manifests); ``num_beams`` only when used."""
+        """JSON-ready settings (cache keys and manifests); ``num_beams`` and ``min_tokens``
+        only when used."""
         out = dataclasses.asdict(self)
         if self.num_beams == 1:
             del out["num_beams"]
+        if self.min_tokens == 0:
+            del out["min_tokens"]
         return out
 
 
@@ -196,6 +205,10 @@ class ChatRequest:
         return self.sampling.num_beams
 
     @property
+    def min_tokens(self) -> int:
+        return self.sampling.min_tokens
+
+    @property
     def images(self) -> list[Image.Image]:
         """Every image of the conversation, in order."""
         return [im for m in self.messages for im in m.images]
@@ -279,6 +292,13 @@ def validate_spec(spec: dict[str, Any]) -> tuple[str, Any]:
     values = {k: v for k, v in spec.items() if k != "backend"}
     options = build_params(module.Options, values, where=f"LLM backend {name!r}")
     return name, options
+
+
+def backend_identity(spec: dict[str, Any]) -> str:
+    """The ``identity`` the backend of ``spec`` reports, without loading its model (for writing
+    cache entries that a later run with this spec will find)."""
+    name, options = validate_spec(spec)
+    return _backend_module(name).identity(options)
 
 
 def spec_key(spec: dict[str, Any]) -> tuple[str, str]:

@@ -99,7 +99,7 @@ class OpenAICompatibleLLM:
         self.options = options
         self._endpoint = _endpoint(options.base_url)  # may carry user info and a query
         self.url = _public_url(str(self._endpoint))  # what messages show
-        self.identity = f"openai:{_public_url(options.base_url)}:{options.model}"
+        self.identity = identity(options)
         self.stats = {"attempts": 0, "retries": 0}
         self._stats_lock = threading.Lock()
         self._ssl: ssl.SSLContext | None = None  # built once: it costs more than a request
@@ -143,6 +143,11 @@ class OpenAICompatibleLLM:
         )
 
     def _payload(self, req: ChatRequest, n: int, seed: int) -> dict[str, Any]:
+        if req.min_tokens:
+            raise ConfigError(
+                f"the OpenAI-compatible API has no minimum answer length (min_tokens="
+                f"{req.min_tokens}); set min_tokens: 0 for {self.identity}"
+            )
         payload: dict[str, Any] = {
             "model": self.options.model,
             "messages": [self._message(m) for m in req.messages],
@@ -329,6 +334,11 @@ def _run_sync(coro):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+def identity(options: Options) -> str:
+    """The backend's identity for ``options`` (no credential: the URL's user info is dropped)."""
+    return f"openai:{_public_url(options.base_url)}:{options.model}"
 
 
 def build(options: Options, resources: Resources | None = None) -> OpenAICompatibleLLM:

@@ -197,5 +197,14 @@ def build(options: Options, resources: Resources | None = None) -> ScriptedLLM:
         default=options.default,
         when_exhausted=options.when_exhausted,
         logprobs=options.logprobs,
-        name=options.name if options.model is None else f"{options.name}:{options.model}",
+        name=_name(options),
     )
+
+
+def identity(options: Options) -> str:
+    """The identity a scripted backend built from ``options`` reports."""
+    return f"scripted:{_name(options)}"
+
+
+def _name(options: Options) -> str:
+    return options.name if options.model is None else f"{options.name}:{options.model}"

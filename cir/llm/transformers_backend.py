@@ -74,9 +74,7 @@ class TransformersLLM:
 
     def __init__(self, options: Options) -> None:
         self.options = options
-        rev = f"@{options.revision}" if options.revision else ""
-        raw = "" if options.use_chat_template else ":raw"
-        self.identity = f"transformers:{options.model}{rev}:{options.dtype}{raw}"
+        self.identity = identity(options)
         self.kind, self.model, self.processor = _load(options)
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
 
@@ -100,7 +98,7 @@ class TransformersLLM:
         """Indices grouped by what one ``generate`` call must share."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
-            key = (req.max_tokens, req.n, req.logprobs, req.sampled, req.num_beams)
+            key = (req.max_tokens, req.min_tokens, req.n, req.logprobs, req.sampled, req.num_beams)
             if req.sampled:
                 key += (req.temperature, req.top_p)
             if self.kind == "captioner":
@@ -113,6 +111,7 @@ class TransformersLLM:
         inputs = self._encode(batch).to(self.model.device)
         kwargs: dict[str, Any] = dict(
             max_new_tokens=first.max_tokens,
+            min_new_tokens=first.min_tokens or None,
             num_return_sequences=_rows_per_request(first),
             do_sample=first.sampled,
             return_dict_in_generate=True,
@@ -297,6 +296,13 @@ def _placement(options: Options) -> dict[str, Any]:
     if options.device_map:
         kwargs["device_map"] = options.device_map
     return kwargs
+
+
+def identity(options: Options) -> str:
+    """The backend's identity for ``options`` (cache keys), without loading the model."""
+    rev = f"@{options.revision}" if options.revision else ""
+    raw = "" if options.use_chat_template else ":raw"
+    return f"transformers:{options.model}{rev}:{options.dtype}{raw}"
 
 
 def build(options: Options, resources: Resources | None = None) -> TransformersLLM:

@@ -88,9 +88,7 @@ class VLLMBackend:
     def __init__(self, options: Options, engine: Any) -> None:
         self.options = options
         self.engine = engine
-        rev = f"@{options.revision}" if options.revision else ""
-        raw = "" if options.use_chat_template else ":raw"
-        self.identity = f"vllm:{options.model}{rev}:{options.dtype}{raw}"
+        self.identity = identity(options)
 
     def __repr__(self) -> str:
         return f"VLLMBackend(identity={self.identity!r})"
@@ -136,6 +134,7 @@ def _sampling_params(req: ChatRequest):
         temperature=req.temperature,
         top_p=req.top_p,
         max_tokens=req.max_tokens,
+        min_tokens=req.min_tokens,
         seed=req.seed,
         logprobs=req.logprobs or None,
     )
@@ -235,6 +234,13 @@ def free_memory_share(margin: int = MEMORY_MARGIN_BYTES) -> float | None:
             "a vLLM engine cannot start. Free the GPU or set gpu_memory_utilization explicitly."
         )
     return round(min(share, 0.95), 4)
+
+
+def identity(options: Options) -> str:
+    """The backend's identity for ``options`` (cache keys), without starting an engine."""
+    rev = f"@{options.revision}" if options.revision else ""
+    raw = "" if options.use_chat_template else ":raw"
+    return f"vllm:{options.model}{rev}:{options.dtype}{raw}"
 
 
 def build(options: Options, resources: Resources | None = None) -> VLLMBackend:

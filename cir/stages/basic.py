@@ -67,11 +67,14 @@ class Basic(Stage):
     for similarity normalisation come from ``calibration_size`` gallery images and the object
     corpus. The ``retrieve`` rule ``basic`` fuses the two similarities.
 
-    Corpora are text files, one phrase per line (``#`` starts a comment); small ones ship in
-    ``cir/data/basic/``.
+    Corpora are text files, one phrase per line (``#`` starts a comment). ``cir/data/basic/``
+    ships the authors' corpora and LAION-1M image means, named by file name alone
+    (``generic_subjects.csv``, ``generic_styles.csv``, ``laion_1m_mean_clip_vitl14.npy``,
+    ``laion_1m_mean_siglip_vitl16_256.npy``), and cir's small ``objects.txt``/``styles.txt``.
 
     Example:
-        >>> Basic(objects="my_objects.txt", styles="my_styles.txt", components=250)
+        >>> Basic(objects="generic_subjects.csv", styles="generic_styles.csv",
+        ...       image_mean="laion_1m_mean_clip_vitl14.npy")
     """
 
     name = "basic"
@@ -101,8 +104,8 @@ class Basic(Stage):
 
     def _prepare(self, index: Any) -> dict[str, Any]:
         p = self.params
-        objects = read_corpus(p.objects or CORPUS_DIR / "objects.txt")
-        styles = read_corpus(p.styles or CORPUS_DIR / "styles.txt")
+        objects = read_corpus(shipped_file(p.objects or "objects.txt"))
+        styles = read_corpus(shipped_file(p.styles or "styles.txt"))
         obj = self.encoder.encode_texts(objects).float()
         sty = self.encoder.encode_texts(styles).float()
         text_mean = obj.mean(dim=0)
@@ -130,11 +133,13 @@ class Basic(Stage):
             for start in range(0, len(index), 65536):
                 total += index.embeddings[start : start + 65536].double().sum(dim=0).cpu()
             return (total / len(index)).float()
-        mean = load_vector(path)
+        mean = load_vector(shipped_file(path))
         if mean.shape != (index.dim,):
             raise DataError(
                 f"image mean {path!r} has shape {tuple(mean.shape)}; expected ({index.dim},), "
-                "one value per embedding dimension of the index"
+                "one value per embedding dimension of the index: it belongs to another encoder. "
+                "Give this encoder's mean, or set stages.basic.image_mean=null to centre by the "
+                "gallery mean"
             )
         return mean
 
@@ -187,6 +192,15 @@ class Basic(Stage):
         return query_vector(state, name, self.instance).cpu()
 
 
+def shipped_file(name: str | Path) -> Path:
+    """A path as given, or a file shipped in ``cir/data/basic`` named by its bare file name
+    (``generic_subjects.csv``, ``laion_1m_mean_clip_vitl14.npy``) when no such path exists."""
+    path = Path(name)
+    if not path.exists() and path.name == str(name) and (CORPUS_DIR / path.name).is_file():
+        return CORPUS_DIR / path.name
+    return path
+
+
 def read_corpus(path: str | Path) -> list[str]:
     """Phrases of a corpus file: one per line, blank lines and ``#`` comments skipped."""
     try:
@@ -207,7 +221,11 @@ def load_vector(path: str | Path) -> torch.Tensor:
     if path.suffix == ".npy":
         import numpy as np
 
-        return torch.from_numpy(np.load(path)).float().reshape(-1)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise DataError(f"image mean file {str(path)!r} is not a plain array: {exc}") from None
+        return torch.from_numpy(array).float().reshape(-1)
     value = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(value, torch.Tensor):
         raise DataError(f"image mean file {str(path)!r} must hold a tensor (torch.save(mean, ...))")

@@ -25,7 +25,7 @@ class EncodeTextParams:
     source: str = "query.text"
     template: str = "{text}"
     output: str = "text"
-    combine: Literal["none", "mean"] = "mean"
+    combine: Literal["none", "mean", "mean_raw"] = "mean"
     model: str | None = None
     pretrained: str | None = None
     batch_size: int = 256
@@ -48,8 +48,10 @@ class EncodeText(Stage):
     (``captions``), the LLM's target description(s) (``targets``), or a text or list of texts
     another stage left in ``data.<key>`` (an ``analyze`` answer's field: object lists, a second
     caption). A list of N texts gives N embeddings; ``combine: mean`` averages them into one
-    normalised vector (LDRE on CIRR), ``combine: none`` keeps the (N, D) matrix for an ensemble
-    stage or a scoring rule (an empty list from ``data`` then gives a (0, D) matrix).
+    normalised vector, ``combine: mean_raw`` averages the raw (un-normalised) projector outputs
+    and then normalises (the reference code of LDRE on CIRR and of SEIZE everywhere),
+    ``combine: none`` keeps the (N, D) matrix for an ensemble stage or a scoring rule (an
+    empty list from ``data`` then gives a (0, D) matrix).
     ``template`` wraps each text (``"a photo of {text}"``). ``normalize: false`` keeps the raw
     projector outputs (the reference code of WeiMoCIR fuses those; see docs/scoring.md).
 
@@ -71,7 +73,7 @@ class EncodeText(Stage):
 
     @property
     def outputs(self) -> tuple[Port, ...]:
-        one = self.params.source == "query.text" or self.params.combine == "mean"
+        one = self.params.source == "query.text" or self.params.combine != "none"
         return (Port("embeddings.{output}", "vector" if one else "vectors", "text embedding(s)"),)
 
     def setup(self, ctx: Context) -> None:
@@ -86,11 +88,11 @@ class EncodeText(Stage):
         vectors, cached = cached_embeddings(
             ctx.cache,
             self._key_parts,
-            [{"text": text, "normalize": self.params.normalize} for text in flat],
+            [{"text": text, "normalize": self._normalize_each} for text in flat],
             lambda rows: self.encoder.encode_texts(
                 [flat[i] for i in rows],
                 batch_size=self.params.batch_size,
-                normalize=self.params.normalize,
+                normalize=self._normalize_each,
             ),
         )
         start = 0
@@ -101,6 +103,11 @@ class EncodeText(Stage):
             count_cache(self.record(state), hits, len(texts) - hits)
             put_embedding(state, self.params.output, self._shape(block), self.encoder.identity.key)
         return states
+
+    @property
+    def _normalize_each(self) -> bool:
+        """Whether each text's embedding is normalised before any combining."""
+        return self.params.normalize and self.params.combine != "mean_raw"
 
     def _texts(self, state: QueryState) -> list[str]:
         source = self.params.source
@@ -122,7 +129,7 @@ class EncodeText(Stage):
                 f"query {state.query.id!r}: stage {self.instance!r} reads data.{key}, which "
                 f"holds {type(value).__name__}, not a text or a list of texts"
             )
-        if not texts and self.params.combine == "mean":
+        if not texts and self.params.combine != "none":
             raise DataError(
                 f"query {state.query.id!r}: data.{key} is empty; nothing to average "
                 "(use combine: none to keep an empty list)"
@@ -130,9 +137,9 @@ class EncodeText(Stage):
         return texts
 
     def _shape(self, block: torch.Tensor) -> torch.Tensor:
-        if self.params.source == "query.text":
+        if self.params.source == "query.text" and self.params.combine != "mean_raw":
             return block[0]
-        if self.params.combine == "mean":
+        if self.params.combine != "none":
             mean = block.mean(dim=0)
             return F.normalize(mean, dim=-1) if self.params.normalize else mean
         return block

@@ -35,13 +35,16 @@ _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def tiny_open_clip(directory: str | Path, seed: int = 0, quick_gelu: bool = False) -> str:
+def tiny_open_clip(
+    directory: str | Path, seed: int = 0, quick_gelu: bool = False, embed_dim: int | None = None
+) -> str:
     """Write a tiny random open_clip model to ``directory`` and return ``"local-dir:<directory>"``.
 
     Args:
         directory: created if missing; existing model files are overwritten.
         seed: weights are a pure function of the seed.
         quick_gelu: build the model with QuickGELU activations (as OpenAI's weights need).
+        embed_dim: the embedding size (default a tiny one; 768 matches ViT-L/14 data files).
     """
     from open_clip.model import CLIP
     from safetensors.torch import save_file
@@ -49,7 +52,7 @@ def tiny_open_clip(directory: str | Path, seed: int = 0, quick_gelu: bool = Fals
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = {
-        "embed_dim": EMBED_DIM,
+        "embed_dim": embed_dim or EMBED_DIM,
         "quick_gelu": quick_gelu,
         "vision_cfg": {
             "image_size": IMAGE_SIZE,

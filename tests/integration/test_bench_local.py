@@ -98,7 +98,10 @@ def test_genecis_data_check_and_task_errors(workspace: Path, tiny_clip: str) -> 
 
 
 def test_icir_basic_ranks_each_instance_database(workspace: Path, tiny_clip: str) -> None:
-    result = _run(workspace, tiny_clip, "icir", "icir_basic", "--pipeline", "basic")
+    result = _run(
+        workspace, tiny_clip, "icir", "icir_basic", "--pipeline", "basic",
+        "--set", "stages.basic.image_mean=null",  # the LAION mean is ViT-L/14's
+    )  # fmt: skip
     out = workspace / "icir_basic"
     parts = ICIR(workspace / "icir").parts("val")
     assert result["queries"] == sum(len(p.queries) for p in parts) == 8
@@ -124,7 +127,7 @@ def test_icir_allow_missing_drops_queries_whose_image_is_absent(workspace, tiny_
         result = run_benchmark(
             "icir", "val", data_root=workspace / "icir", pipeline="basic", encoder=tiny_clip,
             out_dir=workspace / "icir_missing", cache_dir=workspace / "cache", progress=False,
-            allow_missing=True,
+            allow_missing=True, overrides=["stages.basic.image_mean=null"],
         )  # fmt: skip
     finally:
         image.with_suffix(".bak").rename(image)

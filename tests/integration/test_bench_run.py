@@ -330,6 +330,20 @@ def test_gallery_captions_declared_by_a_pipeline_are_made_once_and_saved(workspa
     meta = GalleryIndex.load(Path(info["folder"]) / "index").sidecar("captions")[1]
     assert meta["captions"][0] == ["a large metal thing"]
 
+    # captions the user imported are theirs: a run keeps them whatever the section says
+    from cir.gallery_captions import set_caption_sidecar
+    from cir.models import load_encoder
+
+    folder = Path(info["folder"]) / "index"
+    index = GalleryIndex.load(folder, mmap=False)
+    rows = [[f"imported {i}"] for i in range(len(index))]
+    set_caption_sidecar(index, rows, load_encoder(tiny_clip), source="replay:abc")
+    index.save(folder)
+    kept = run("captioned4", "gallery_captions.max_tokens=12")
+    assert made(kept)["kept"] is True and made(kept)["source"] == "replay:abc"
+    meta = GalleryIndex.load(folder).sidecar("captions")[1]
+    assert meta["captions"][0] == ["imported 0"]
+
 
 def test_a_wrong_gallery_captions_section_is_a_clear_error():
     from cir.errors import ConfigError

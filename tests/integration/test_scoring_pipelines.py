@@ -90,7 +90,8 @@ def test_weimocir_pipeline_matches_the_formula(world):
     gallery = index.embeddings.float()
     captions = index.sidecar("captions")[0].float()
     for state in states:
-        q = weimocir_query(state.embeddings["image"], state.embeddings["text"], 0.8)
+        # the pipeline mixes raw projector outputs, as the reference code does
+        q = weimocir_query(state.embeddings["image"], state.embeddings["text"], 0.8, raw=True)
         row = index.position(state.query.reference_id)
         qk = weimocir_query(captions[row], state.embeddings["text"].expand(3, -1), 0.8)
         want = weimocir_scores(q[None], gallery, captions, qk[None], beta=0.1)[0]
@@ -165,6 +166,7 @@ def test_basic_pipeline_matches_the_formula(world, tmp_path):
     objects.write_text("# mine\ndog\ncat\nhouse\ntree\ncar\n")
     styles.write_text("a sketch\na painting\nat night\nin the snow\n")
     over = {"stages.basic.objects": str(objects), "stages.basic.styles": str(styles)}
+    over["stages.basic.image_mean"] = None  # the gallery mean (the LAION mean is ViT-L/14's)
     over.update({"stages.basic.components": 4, "stages.basic.expansion_size": 3})
     states = load_pipeline("basic", overrides={**over, "stages.retrieve.k": 12}).run(
         _queries(index), index

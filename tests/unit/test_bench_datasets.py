@@ -99,7 +99,7 @@ def test_circo_text_rules(fixtures_root: Path) -> None:
 
 def test_bad_options_raise_clear_errors(fixtures_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="valid rules: join"):
-        FashionIQ(fixtures_root / "fashioniq", text_rule="concat")
+        FashionIQ(fixtures_root / "fashioniq", text_rule="glue")
     with pytest.raises(ConfigError, match="valid: dress, shirt, toptee"):
         FashionIQ(fixtures_root / "fashioniq", categories=["shoes"])
     with pytest.raises(ConfigError, match="valid splits: val, test"):

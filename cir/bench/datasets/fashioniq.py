@@ -58,6 +58,7 @@ class FashionIQ(BenchDataset):
         "join": "both captions, stripped of '.?, ' at their ends, joined with ' and '",
         "join_capitalized": "as 'join', first caption capitalised (as CLIP4Cir and SEARLE do)",
         "first": "only the first caption, stripped of '.?, '",
+        "concat": "both captions as written, concatenated with nothing between them (SEIZE)",
     }
     default_text_rule: ClassVar[str] = "join"
     protocol: ClassVar[Protocol] = Protocol(exclude_reference=False, k=50)
@@ -115,6 +116,8 @@ class FashionIQ(BenchDataset):
     def _text(self, captions: Sequence[str]) -> str:
         if self.text_rule == "first":
             return captions[0].strip(_STRIP)
+        if self.text_rule == "concat":
+            return "".join(captions)
         return join_captions(captions, capitalize=self.text_rule == "join_capitalized")
 
     def gallery_names(self, category: str, split: str) -> list[str]:
