@@ -32,6 +32,7 @@ from cir.bench.evaluate import score
 from cir.bench.gallery import caption_galleries, gallery_index
 from cir.bench.manifest import StageTotals, build_manifest, write_manifest
 from cir.bench.metrics import subset_ranking
+from cir.rerank.subset import SUBSET_RANKING
 from cir.bench.missing import drop_missing_images, missing_metric_entries
 from cir.bench.report import write_report
 from cir.bench.submission import write_submission
@@ -188,6 +189,7 @@ class _Outcome:
 
     rankings: dict[str, list[str]] = field(default_factory=dict)
     subsets: dict[str, list[str]] = field(default_factory=dict)
+    subsets_reranked: int = 0
     totals: StageTotals = field(default_factory=StageTotals)
     indexes: dict[str, dict] = field(default_factory=dict)
 
@@ -200,8 +202,17 @@ class _Outcome:
             ids = list(state.ranking.ids)
             self.rankings[state.query.id] = ids if protocol.rank_all else ids[: protocol.k]
             if protocol.subset_k:
-                self.subsets[state.query.id] = subset_ranking(ids, state.query, protocol.subset_k)
+                self.subsets[state.query.id] = self._subset(state, ids, protocol.subset_k)
         self.totals.add(states)
+
+    def _subset(self, state: QueryState, ids: list[str], k: int) -> list[str]:
+        """The query's set members best first: a re-ranker's own order of them when the
+        pipeline wrote one (CoTRR's subset protocol), else the ranking restricted to them."""
+        own = state.data.get(SUBSET_RANKING)
+        if own is None:
+            return subset_ranking(ids, state.query, k)
+        self.subsets_reranked += 1
+        return subset_ranking(own, state.query, k)
 
 
 def _write_outputs(ds, split, parts, pipe, outcome: _Outcome, out: Path, run_info, started):
@@ -218,6 +229,8 @@ def _write_outputs(ds, split, parts, pipe, outcome: _Outcome, out: Path, run_inf
         metrics = score(ds.name, queries, outcome.rankings, outcome.subsets or None)
         metrics |= missing_metric_entries(run_info.get("missing"))
         files.append(_write_json(out / "metrics.json", metrics))
+    if ds.protocol.subset_k:  # how many subset rankings a re-ranker ordered itself
+        run_info["subset_reranked"] = outcome.subsets_reranked
     run_info |= {
         "queries": len(queries),
         "seconds": round(time.perf_counter() - started, 3),
