@@ -33,7 +33,7 @@ from cir.errors import ConfigError
 
 TOP_KEYS = (
     "name", "description", "paper", "encoder", "gallery_captions", "stages", "presets",
-    "deviations", "knobs",
+    "deviations", "published", "knobs",
 )  # fmt: skip
 #: Top-level sections that are mappings, set field by field (``encoder.model=...``).
 SECTIONS = ("encoder", "gallery_captions")

@@ -32,13 +32,13 @@ from cir.bench.evaluate import score
 from cir.bench.gallery import caption_galleries, gallery_index
 from cir.bench.manifest import StageTotals, build_manifest, write_manifest
 from cir.bench.metrics import subset_ranking
-from cir.rerank.subset import SUBSET_RANKING
 from cir.bench.missing import drop_missing_images, missing_metric_entries
 from cir.bench.report import write_report
 from cir.bench.submission import write_submission
 from cir.errors import ConfigError, DataError
 from cir.execution import RunGroup
 from cir.models.spec import EncoderSpec
+from cir.rerank.subset import SUBSET_RANKING
 from cir.resources import Resources, default_resources
 from cir.types import QueryState
 
