@@ -390,7 +390,7 @@ def _detail(state: QueryState) -> dict[str, Any]:
         "reasoning": state.reasoning,
         "top10": list(ranking.ids[:10]) if ranking else [],
         "target_id": state.query.extras.get("target_id"),
-    }
+    } | ({"subset": state.data[SUBSET_RANKING]} if SUBSET_RANKING in state.data else {})
 
 
 def _gallery_ids(dataset: str, parts: list[Part]):
