@@ -199,13 +199,11 @@ class Rerank(Stage):
     def _listwise(self, states: list[QueryState], ctx: Context, images: CandidateImages) -> None:
         key = self.params.subset_members
         members = [set_members(state, key, self.instance) for state in states] if key else []
-        self._ordered(
-            states,
-            ctx,
-            lambda state: self._listwise_ask(
-                state, state.ranking.ids[: self._count(state)], images
-            ),
-        )
+
+        def ask(state: QueryState) -> Ask:
+            return self._listwise_ask(state, state.ranking.ids[: self._count(state)], images)
+
+        self._ordered(states, ctx, ask)
         if key:  # members were put in the order of the ranking before it was re-ranked
             self._rerank_members(states, members, ctx, images)
 
@@ -274,7 +272,11 @@ class Rerank(Stage):
 
     # ------------------------------------------------------------------ listwise and grid
     def _order_ask(
-        self, state: QueryState, pictures: list[Image.Image], count: int, labels=()
+        self,
+        state: QueryState,
+        pictures: list[Image.Image],
+        count: int,
+        labels: Sequence[str] = (),
     ) -> Ask:
         return Ask(
             {"modification": state.query.text, "count": count},
