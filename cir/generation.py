@@ -51,6 +51,8 @@ class Ask:
         record: the stage's trace record for the query this item belongs to (counts go there).
         parser: a parser for this item only (overrides the generator's); see
             :func:`reads_logprobs` for parsers that need the first-token log-probabilities.
+        labels: one text per image, shown just before it, after the prompt's text
+            ("Reference image:", "Image 1:", ...); part of the cache key.
     """
 
     variables: Mapping[str, Any]
@@ -58,6 +60,7 @@ class Ask:
     fallback: Any = None
     record: StageRecord | None = None
     parser: Parser | None = None
+    labels: Sequence[str] = ()
 
 
 @dataclass
@@ -184,7 +187,7 @@ class Generator:
             "variables": {k: str(v) for k, v in sorted(ask.variables.items())},
             "images": list(fingerprints),
             "attempt": attempt,
-        }
+        } | ({"labels": list(ask.labels)} if ask.labels else {})
 
     # ------------------------------------------------------------------ requests
     def _complete(
@@ -220,7 +223,7 @@ class Generator:
 
     def _request(self, ask: Ask, job: _Job) -> ChatRequest:
         images = tuple(load_image(im) for im in ask.images)
-        messages = self.prompt.messages(ask.variables, images)
+        messages = self.prompt.messages(ask.variables, images, ask.labels)
         return ChatRequest(messages, job.sampling, job.n, self.json_mode, self.logprobs)
 
     def _settings(self, job: _Job) -> dict[str, Any]:

@@ -25,10 +25,12 @@ A shipped version is never edited; a change is a new ``.v<N+1>`` file. The file'
 into cache keys and run manifests.
 
 Parsers (``parser.kind``): ``text`` (the whole answer), ``labelled_line`` (the text after the
-last ``<label>:``), ``json_key`` (one string value of a JSON object), ``json`` (a JSON object
-with the string keys listed in ``keys``). Fallback policies (``fallback.policy``): ``fallback``
-(use the value the stage declares, e.g. the modification text), ``retry`` (ask again up to
-``retries`` times, then ``then``: ``fallback`` or ``raise``) and ``raise``.
+last ``<label>:``; options ``pick: first`` reads the first such line instead, ``bare: true``
+takes an answer without any such line whole), ``json_key`` (one string value of a JSON
+object), ``json`` (a JSON object with the string keys listed in ``keys``). Fallback policies
+(``fallback.policy``): ``fallback`` (use the value the stage declares, e.g. the modification
+text), ``retry`` (ask again up to ``retries`` times, then ``then``: ``fallback`` or ``raise``)
+and ``raise``.
 """
 
 from __future__ import annotations
@@ -157,12 +159,18 @@ def _text_parser() -> Parser:
     return parse
 
 
-def _labelled_parser(label: str) -> Parser:
+def _labelled_parser(label: str, pick: str = "last", bare: bool = False) -> Parser:
+    """``pick``: which labelled line counts when several do (``first`` or ``last``);
+    ``bare``: an answer with no labelled line at all is taken whole (models that omit the label).
+    """
+    if pick not in ("first", "last"):
+        raise ConfigError(f"labelled_line parser: pick must be 'first' or 'last', got {pick!r}")
     pattern = re.compile(rf"{re.escape(label)}\s*\**\s*:\s*\**(.*)", re.IGNORECASE)
 
     def parse(text: str) -> str:
         lines = text.splitlines()
-        for i in range(len(lines) - 1, -1, -1):
+        order = range(len(lines)) if pick == "first" else range(len(lines) - 1, -1, -1)
+        for i in order:
             match = pattern.search(lines[i])
             if match is None:
                 continue
@@ -172,6 +180,8 @@ def _labelled_parser(label: str) -> Parser:
             if value:
                 return value
             raise ParseError(f"the line labelled {label!r} is empty")
+        if bare and _clean(text):
+            return _clean(text)
         raise ParseError(f"no line labelled {label!r} in the answer")
 
     return parse
@@ -248,13 +258,23 @@ class Prompt:
                 )
         return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), self.template)
 
-    def messages(self, values: Mapping[str, Any], images: Sequence[Any] = ()) -> tuple:
-        """Chat messages: the optional system message, then the rendered user message."""
+    def messages(
+        self, values: Mapping[str, Any], images: Sequence[Any] = (), labels: Sequence[str] = ()
+    ) -> tuple:
+        """Chat messages: the optional system message, then the rendered user message.
+
+        Without ``labels`` the images come before the text; with them (one per image) the text
+        comes first, then each label followed by its image.
+        """
         from cir.llm import ChatMessage
 
         if self.images is not None and len(images) != self.images:
             raise ConfigError(f"prompt {self.ref} takes {self.images} image(s), got {len(images)}")
-        user: ChatMessage = ChatMessage("user", self.render(**values), tuple(images))
+        text = self.render(**values)
+        if labels:
+            labels = (f"{text}\n\n{labels[0]}", *labels[1:])
+            text = ""
+        user: ChatMessage = ChatMessage("user", text, tuple(images), tuple(labels))
         if self.system:
             return (ChatMessage("system", self.system), user)
         return (user,)

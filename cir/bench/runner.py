@@ -38,6 +38,7 @@ from cir.bench.submission import write_submission
 from cir.errors import ConfigError, DataError
 from cir.execution import RunGroup
 from cir.models.spec import EncoderSpec
+from cir.rerank.subset import SUBSET_RANKING
 from cir.resources import Resources, default_resources
 from cir.types import QueryState
 
@@ -185,6 +186,7 @@ class _Outcome:
 
     rankings: dict[str, list[str]] = field(default_factory=dict)
     subsets: dict[str, list[str]] = field(default_factory=dict)
+    subsets_reranked: int = 0
     totals: StageTotals = field(default_factory=StageTotals)
     indexes: dict[str, dict] = field(default_factory=dict)
 
@@ -197,8 +199,17 @@ class _Outcome:
             ids = list(state.ranking.ids)
             self.rankings[state.query.id] = ids if protocol.rank_all else ids[: protocol.k]
             if protocol.subset_k:
-                self.subsets[state.query.id] = subset_ranking(ids, state.query, protocol.subset_k)
+                self.subsets[state.query.id] = self._subset(state, ids, protocol.subset_k)
         self.totals.add(states)
+
+    def _subset(self, state: QueryState, ids: list[str], k: int) -> list[str]:
+        """The query's set members best first: a re-ranker's own order of them when the
+        pipeline wrote one (CoTRR's subset protocol), else the ranking restricted to them."""
+        own = state.data.get(SUBSET_RANKING)
+        if own is None:
+            return subset_ranking(ids, state.query, k)
+        self.subsets_reranked += 1
+        return subset_ranking(own, state.query, k)
 
 
 def _write_outputs(ds, split, parts, pipe, outcome: _Outcome, out: Path, run_info, started):
@@ -215,6 +226,8 @@ def _write_outputs(ds, split, parts, pipe, outcome: _Outcome, out: Path, run_inf
         metrics = score(ds.name, queries, outcome.rankings, outcome.subsets or None)
         metrics |= missing_metric_entries(run_info.get("missing"))
         files.append(_write_json(out / "metrics.json", metrics))
+    if ds.protocol.subset_k:  # how many subset rankings a re-ranker ordered itself
+        run_info["subset_reranked"] = outcome.subsets_reranked
     run_info |= {
         "queries": len(queries),
         "seconds": round(time.perf_counter() - started, 3),
@@ -414,7 +427,7 @@ def _detail(state: QueryState) -> dict[str, Any]:
         "top10": list(ranking.ids[:10]) if ranking else [],
         "target_id": state.query.extras.get("target_id"),
         "notes": {r.stage: r.notes for r in state.trace if r.notes},
-    }
+    } | ({"subset": state.data[SUBSET_RANKING]} if SUBSET_RANKING in state.data else {})
 
 
 def _gallery_ids(dataset: str, parts: list[Part]):

@@ -36,13 +36,18 @@ _BACKEND_MODULES = {
 class ChatMessage:
     """One turn of a conversation; ``images`` are shown to the model in order, before the text.
 
+    ``labels`` (one per image, optional) interleave text with the images: each label is shown
+    just before its image ("Reference image:", <image>, "Image 1:", <image>, ...).
+
     Example:
         >>> ChatMessage("user", "Describe this image.", images=(photo,))
+        >>> ChatMessage("user", "Which matches best?", (ref, a), labels=("Reference:", "Image 1:"))
     """
 
     role: str
     content: str
     images: tuple[Image.Image, ...] = ()
+    labels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -52,6 +57,23 @@ class ChatMessage:
             raise TypeError(f"ChatMessage.content must be a string, got {kind}")
         images = tuple(_as_image(im) for im in self.images)
         object.__setattr__(self, "images", images)
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.labels and len(self.labels) != len(images):
+            raise ValueError(
+                f"ChatMessage.labels needs one label per image: {len(self.labels)} labels, "
+                f"{len(images)} images"
+            )
+
+    def parts(self) -> list[tuple[str, Any]]:
+        """The message in display order: ``("text", str)`` and ``("image", PIL image)`` items."""
+        out: list[tuple[str, Any]] = []
+        for i, image in enumerate(self.images):
+            if self.labels and self.labels[i]:
+                out.append(("text", self.labels[i]))
+            out.append(("image", image))
+        if self.content:
+            out.append(("text", self.content))
+        return out
 
 
 def _as_image(value: Any) -> Image.Image:
@@ -79,10 +101,13 @@ class Sampling:
             backend supports it, other backends refuse values above 1.
         min_tokens: fewest new tokens before an end token may stop a sample (0: no minimum);
             transformers and vLLM honour it, the OpenAI-compatible API has no such setting.
+        stop: texts that end an answer where they first appear; the answer keeps what comes
+            before (every backend applies them; CIReVL and OSrCIR stop at a blank line).
 
     Example:
         >>> Sampling(temperature=1.0, top_p=0.9, seed=0)     # LDRE-style sampled captions
         >>> Sampling(max_tokens=30, num_beams=5)              # CIReVL's BLIP-2 captions
+        >>> Sampling(max_tokens=700, stop=("\n\n", "<|endoftext|>"))   # CIReVL's rewrites
     """
 
     max_tokens: int = 256
@@ -91,26 +116,52 @@ class Sampling:
     seed: int = 0
     num_beams: int = 1
     min_tokens: int = 0
+    stop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_sampling(self.max_tokens, self.temperature, self.top_p, self.num_beams)
         if not 0 <= self.min_tokens <= (self.max_tokens or self.min_tokens):
             limit = f"[0, max_tokens={self.max_tokens}]"
             raise ValueError(f"min_tokens must be within {limit}, got {self.min_tokens}")
+        object.__setattr__(self, "stop", check_stop(self.stop))
 
     @property
     def sampled(self) -> bool:
         return self.temperature > 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (cache keys and manifests); ``num_beams`` and ``min_tokens``
-        only when used."""
+        """JSON-ready settings (cache keys and manifests); ``num_beams``, ``min_tokens`` and
+        ``stop`` only when used."""
         out = dataclasses.asdict(self)
         if self.num_beams == 1:
             del out["num_beams"]
         if self.min_tokens == 0:
             del out["min_tokens"]
+        if self.stop:
+            out["stop"] = list(self.stop)
+        else:
+            del out["stop"]
         return out
+
+
+def check_stop(stop: Any) -> tuple[str, ...]:
+    """Stop sequences as a tuple of non-empty strings (ValueError naming what is valid)."""
+    if isinstance(stop, str):
+        stop = (stop,)
+    if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a list of non-empty strings, got {stop!r}")
+    return tuple(stop)
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> str:
+    """``text`` up to the earliest of the ``stop`` sequences (all of it when none occurs).
+
+    Example:
+        >>> cut_at_stop("Edited Description: a red car\\n\\nNote: ...", ("\\n\\n",))
+        'Edited Description: a red car'
+    """
+    ends = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return text[: min(ends)] if ends else text
 
 
 def check_sampling(max_tokens: Any, temperature: Any, top_p: Any, num_beams: Any = 1) -> None:
@@ -209,14 +260,20 @@ class ChatRequest:
         return self.sampling.min_tokens
 
     @property
+    def stop(self) -> tuple[str, ...]:
+        return self.sampling.stop
+
+    @property
     def images(self) -> list[Image.Image]:
         """Every image of the conversation, in order."""
         return [im for m in self.messages for im in m.images]
 
     @property
     def prompt_text(self) -> str:
-        """The messages' text joined by blank lines (raw-prompt backends and scripted answers)."""
-        return "\n\n".join(m.content for m in self.messages if m.content)
+        """The messages' text (labels included) joined by blank lines (raw-prompt backends and
+        scripted answers)."""
+        texts = (value for m in self.messages for kind, value in m.parts() if kind == "text")
+        return "\n\n".join(texts)
 
     @property
     def sampled(self) -> bool:

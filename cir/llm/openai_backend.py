@@ -157,6 +157,8 @@ class OpenAICompatibleLLM:
             "seed": seed,
             "n": n,
         }
+        if req.stop:
+            payload["stop"] = list(req.stop)
         if req.json_mode:
             payload["response_format"] = {"type": "json_object"}
         if req.logprobs:
@@ -170,12 +172,12 @@ class OpenAICompatibleLLM:
         parts: list[dict[str, Any]] = [
             {
                 "type": "image_url",
-                "image_url": {"url": to_data_url(im, opts.max_image_side, opts.image_format)},
+                "image_url": {"url": to_data_url(value, opts.max_image_side, opts.image_format)},
             }
-            for im in message.images
+            if kind == "image"
+            else {"type": "text", "text": value}
+            for kind, value in message.parts()
         ]
-        if message.content:
-            parts.append({"type": "text", "text": message.content})
         return {"role": message.role, "content": parts}
 
     async def _post(self, client, gate, payload: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cir.errors import BackendError, ConfigError
-from cir.llm.base import ChatRequest, Generation, check_batch
+from cir.llm.base import ChatRequest, Generation, check_batch, cut_at_stop
 from cir.resources import Resources
 
 Answer = str | Sequence[str]
@@ -38,7 +38,8 @@ class ScriptedLLM:
     Nothing applying is a :class:`~cir.errors.BackendError` naming the prompt. When a request
     asks for ``logprobs=k``, each sample gets ``logprobs`` (a dict, or a callable of the request
     and the answer) trimmed to its k best entries; without it, the answer's first word gets
-    log-probability 0.0 (certainty), which is what a yes/no verifier test needs.
+    log-probability 0.0 (certainty), which is what a yes/no verifier test needs. A request's
+    ``stop`` sequences cut each answer as a model server would.
 
     Args:
         responses: answers handed out in order.
@@ -115,7 +116,7 @@ class ScriptedLLM:
             return [self._answer(req) for req in requests]
 
     def _answer(self, req: ChatRequest) -> Generation:
-        texts = [self._sample(req, i) for i in range(req.n)]
+        texts = [cut_at_stop(self._sample(req, i), req.stop) for i in range(req.n)]
         logprobs = [self._first_token_logprobs(req, t) for t in texts] if req.logprobs else None
         return Generation(
             texts=texts,

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from cir.errors import BackendError, ConfigError
-from cir.llm.base import ChatRequest, Generation, check_batch
+from cir.llm.base import ChatRequest, Generation, check_batch, cut_at_stop
 from cir.resources import Resources
 
 Kind = Literal["auto", "causal_lm", "vlm", "captioner"]
@@ -98,7 +98,8 @@ class TransformersLLM:
         """Indices grouped by what one ``generate`` call must share."""
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, req in enumerate(requests):
-            key = (req.max_tokens, req.min_tokens, req.n, req.logprobs, req.sampled, req.num_beams)
+            key = (req.max_tokens, req.min_tokens, req.n, req.logprobs, req.sampled, req.num_beams,
+                   req.stop)  # fmt: skip
             if req.sampled:
                 key += (req.temperature, req.top_p)
             if self.kind == "captioner":
@@ -117,6 +118,8 @@ class TransformersLLM:
             return_dict_in_generate=True,
             output_logits=first.logprobs > 0,
         )
+        if first.stop and self.kind != "captioner":  # end early; _decode cuts the text exactly
+            kwargs.update(stop_strings=list(first.stop), tokenizer=self.tokenizer)
         if first.sampled:
             kwargs.update(temperature=first.temperature, top_p=first.top_p)
         else:
@@ -178,7 +181,7 @@ class TransformersLLM:
             rows = slice(i * per, (i + 1) * per)
             gens.append(
                 Generation(
-                    texts=[t.strip() for t in texts[rows]] * copies,
+                    texts=[cut_at_stop(t, batch[i].stop).strip() for t in texts[rows]] * copies,
                     first_token_logprobs=logprobs[rows] * copies if logprobs is not None else None,
                     prompt_tokens=prompt_tokens[i],
                     completion_tokens=sum(lengths[rows]) * copies if lengths is not None else None,
@@ -208,9 +211,10 @@ def _rows_per_request(req: ChatRequest) -> int:
 def _message_dict(message, with_images: bool) -> dict[str, Any]:
     if not with_images:
         return {"role": message.role, "content": message.content}
-    parts: list[dict[str, Any]] = [{"type": "image"} for _ in message.images]
-    if message.content:
-        parts.append({"type": "text", "text": message.content})
+    parts: list[dict[str, Any]] = [
+        {"type": "image"} if kind == "image" else {"type": "text", "text": value}
+        for kind, value in message.parts()
+    ]
     return {"role": message.role, "content": parts}
 
 

@@ -135,6 +135,7 @@ def _sampling_params(req: ChatRequest):
         top_p=req.top_p,
         max_tokens=req.max_tokens,
         min_tokens=req.min_tokens,
+        stop=list(req.stop) or None,
         seed=req.seed,
         logprobs=req.logprobs or None,
     )
@@ -148,9 +149,12 @@ def _sampling_params(req: ChatRequest):
 def _message(message) -> dict[str, Any]:
     if not message.images:
         return {"role": message.role, "content": message.content}
-    parts: list[dict[str, Any]] = [{"type": "image_pil", "image_pil": im} for im in message.images]
-    if message.content:
-        parts.append({"type": "text", "text": message.content})
+    parts: list[dict[str, Any]] = [
+        {"type": "image_pil", "image_pil": value}
+        if kind == "image"
+        else {"type": "text", "text": value}
+        for kind, value in message.parts()
+    ]
     return {"role": message.role, "content": parts}
 
 

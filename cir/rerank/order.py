@@ -28,6 +28,7 @@ ORDER_KEYS = (
     "answer",
     "result",
 )
+_TOP_K_INDICES = re.compile(r"top_\d+_indices")  # CoTRR's own answer key
 ITEM_KEYS = ("label", "number", "candidate", "image", "id", "index")
 _INTEGER = re.compile(r"-?\d+")
 _BARE_ORDER = re.compile(r"^[\s\[(]*#?\d+(?:(?:\s*[,;>]\s*|\s+)#?\d+)*[\s\])]*\.?$")
@@ -88,10 +89,19 @@ def apply_order(ranking: Ranking, order: Sequence[int], count: int) -> Ranking:
         ('c', 'a', 'b', 'd')
     """
     count = min(count, len(ranking))
-    head = list(dict.fromkeys(i for i in order if 0 <= i < count))
-    head += [i for i in range(count) if i not in set(head)]
-    ids = tuple(ranking.ids[i] for i in head) + ranking.ids[count:]
+    ids = tuple(ranking.ids[i] for i in full_order(order, count)) + ranking.ids[count:]
     return Ranking(ids, ranking.scores)
+
+
+def full_order(order: Sequence[int], count: int) -> list[int]:
+    """All positions 0..count-1: those of ``order`` first (once each), the rest in their order.
+
+    Example:
+        >>> full_order([2, 2, 7], 4)
+        [2, 0, 1, 3]
+    """
+    head = list(dict.fromkeys(i for i in order if 0 <= i < count))
+    return head + [i for i in range(count) if i not in set(head)]
 
 
 def order_by_scores(scores: Sequence[float | None]) -> list[int]:
@@ -169,7 +179,8 @@ def _from_dict(value: dict[str, Any]) -> list[Any] | None:
                 return _INTEGER.findall(str(found))
             if isinstance(found, dict):
                 return _from_dict(found)
-    return None
+    indexed = [v for k, v in lowered.items() if _TOP_K_INDICES.fullmatch(k)]
+    return indexed[0] if indexed and isinstance(indexed[0], list) else None
 
 
 def _label_number(item: Any) -> int | None:

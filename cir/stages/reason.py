@@ -25,7 +25,13 @@ class ReasonParams(GenerationParams):
     json_mode: bool = False
     target_key: str = "target_description"
     reasoning_key: str = "reasoning"
+    reasoning_keys: tuple[str, ...] = ()
     reference_key: str = "reference_description"
+
+    @property
+    def reasoning_fields(self) -> tuple[str, ...]:
+        """The answer fields kept as reasoning, in order (``reasoning_keys`` when given)."""
+        return self.reasoning_keys or (self.reasoning_key,)
 
 
 @register_stage
@@ -34,8 +40,10 @@ class Reason(Stage):
 
     One request per query: the reference image and the modification text, rendered with a
     prompt whose answer is a JSON object. The target description (``target_key``) goes to
-    ``targets``, the reasoning (``reasoning_key``) to ``reasoning`` and the model's description
-    of the reference (``reference_key``) to ``captions``; the raw answer to ``llm_raw``. An
+    ``targets``, the reasoning to ``reasoning`` (one text per field: ``reasoning_key``, or the
+    fields of ``reasoning_keys`` in order, e.g. OSrCIR's ``[thoughts, reflections]``) and the
+    model's description of the reference (``reference_key``) to ``captions``; the raw answer to
+    ``llm_raw``. An
     answer without a usable target follows the prompt's fallback policy; the fallback target is
     the modification text, counted in the trace. ``json_mode`` asks backends that can to
     constrain decoding to JSON.
@@ -44,7 +52,8 @@ class Reason(Stage):
     for Training-Free Zero-Shot Composed Image Retrieval, CVPR 2025).
 
     Example:
-        >>> Reason(llm={"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"})
+        >>> Reason(llm={"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"},
+        ...        prompt="reason/osrcir.v2", reasoning_keys=["thoughts", "reflections"])
     """
 
     name = "reason"
@@ -88,7 +97,7 @@ class Reason(Stage):
         for state, answer in zip(states, self.generator(ctx).run(asks), strict=True):
             value = answer.value
             state.targets = [_text(value.get(p.target_key)) or state.query.text]
-            state.reasoning = [_text(value.get(p.reasoning_key))]
+            state.reasoning = [_text(value.get(key)) for key in p.reasoning_fields]
             reference = _text(value.get(p.reference_key))
             state.captions = [reference] if reference else []
             state.llm_raw = list(answer.texts)

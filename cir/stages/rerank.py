@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -16,17 +17,24 @@ from cir.prompts import ParseError, load_prompt
 from cir.rerank.grid import compose_grid
 from cir.rerank.images import CandidateImages
 from cir.rerank.order import ParsedOrder, apply_order, movements, order_by_scores, parse_order
+from cir.rerank.subset import SUBSET_RANKING, reorder, set_members
 from cir.rerank.yesno import parse_yes_no, yes_probability
 from cir.stages._prompted import GenerationParams, check_variables
 from cir.stages.base import Context, Port, Stage, register_stage
 from cir.types import QueryState, Ranking
 
 Mode = Literal["listwise", "grid", "verify"]
+Layout = Literal["marked", "labelled"]
 DEFAULT_MLLM = {"backend": "vllm", "model": "Qwen/Qwen2.5-VL-7B-Instruct"}
 VLLM_MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 DEFAULT_MAX_TOKENS = {"listwise": 1024, "grid": 384, "verify": 4}
 VARIABLES = {"listwise": {"modification", "count"}, "grid": {"modification", "count"}}
 VARIABLES["verify"] = {"modification"}
+LABEL_REFERENCE, LABEL_CANDIDATES, LABEL_CANDIDATE = (
+    "Reference image:",
+    "Candidate images:",
+    "Image {}:",
+)
 
 
 @dataclass(frozen=True)
@@ -35,7 +43,10 @@ class RerankParams(GenerationParams):
     top_n: int = 10
     llm: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_MLLM))
     prompt: str | None = None
-    max_image_side: int = 448
+    max_image_side: int | None = 448
+    layout: Layout = "marked"
+    json_mode: bool = False
+    subset_members: str | None = None
     grid_cols: int | None = None
     tile_size: int = 224
     logprobs: int = 20
@@ -45,8 +56,13 @@ class RerankParams(GenerationParams):
         super().__post_init__()
         if self.top_n < 2:
             raise ValueError(f"top_n must be >= 2 (candidates to re-order), got {self.top_n}")
-        if self.max_image_side < 28:
-            raise ValueError(f"max_image_side must be >= 28 pixels, got {self.max_image_side}")
+        if self.max_image_side is not None and self.max_image_side < 28:
+            raise ValueError(
+                "max_image_side must be >= 28 pixels or null (full size), "
+                f"got {self.max_image_side}"
+            )
+        if self.subset_members is not None and self.mode != "listwise":
+            raise ValueError(f"subset_members needs mode listwise, got mode {self.mode!r}")
         if self.tile_size < 48:
             raise ValueError(f"tile_size must be >= 48 pixels, got {self.tile_size}")
         if self.grid_cols is not None and self.grid_cols < 1:
@@ -57,12 +73,10 @@ class RerankParams(GenerationParams):
     @property
     def sampling(self) -> Sampling:
         """The decoding settings; ``max_tokens`` defaults per mode."""
-        base = super().sampling if self.max_tokens is not None else None
-        if base is not None:
+        base = super().sampling
+        if self.max_tokens is not None:
             return base
-        return Sampling(
-            DEFAULT_MAX_TOKENS[self.mode], self.temperature, self.top_p, self.seed, self.num_beams
-        )
+        return dataclasses.replace(base, max_tokens=DEFAULT_MAX_TOKENS[self.mode])
 
 
 @register_stage
@@ -72,7 +86,14 @@ class Rerank(Stage):
     Modes:
         ``listwise`` (CoTRR): one request per query with the reference image, the modification
         and the candidates in retrieval order, each marked with its number; the model reasons in
-        three steps and answers with the numbers best first.
+        three steps and answers with the numbers best first. ``layout: labelled`` writes the
+        numbers as text instead, interleaved with the images as CoTRR sends them: the prompt,
+        "Reference image:", the reference, "Candidate images:", then "Image i:" before each
+        candidate (``max_image_side: null`` sends them at full size). ``subset_members: <key>``
+        also orders the query's set members listed in ``query.extras[key]`` (CIRR:
+        ``group_members``, the reference left out) in a request of their own and writes that
+        order to ``data["subset_ranking"]``, which ``cir bench run`` scores as the subset
+        ranking (CoTRR's protocol for CIRR's Recall_subset).
         ``grid`` (SQUARE): the candidates tiled into one image with a number on each tile, sent
         with the reference and the modification in one request; the answer is an ordering of
         the numbers. The grid image is kept in ``data["<instance>_grid"]``.
@@ -123,6 +144,8 @@ class Rerank(Stage):
         ]
         if self.params.mode == "grid":
             ports.append(Port(f"data.{self.instance}_grid", "data", "the grid image"))
+        if self.params.subset_members:
+            ports.append(Port(f"data.{SUBSET_RANKING}", "data", "the set members, best first"))
         return tuple(ports)
 
     def setup(self, ctx: Context) -> None:
@@ -174,12 +197,51 @@ class Rerank(Stage):
 
     # ------------------------------------------------------------------ modes
     def _listwise(self, states: list[QueryState], ctx: Context, images: CandidateImages) -> None:
+        key = self.params.subset_members
+        members = [set_members(state, key, self.instance) for state in states] if key else []
+
         def ask(state: QueryState) -> Ask:
-            count = self._count(state)
-            marked = [images.marked(id_, i + 1) for i, id_ in enumerate(state.ranking.ids[:count])]
-            return self._order_ask(state, [images.reference(state), *marked], count)
+            return self._listwise_ask(state, state.ranking.ids[: self._count(state)], images)
 
         self._ordered(states, ctx, ask)
+        if key:  # members were put in the order of the ranking before it was re-ranked
+            self._rerank_members(states, members, ctx, images)
+
+    def _listwise_ask(self, state: QueryState, ids: Sequence[str], images: CandidateImages) -> Ask:
+        """The candidates numbered 1..len(ids): drawn on the images (``marked``) or as a text
+        label before each image (``labelled``: "Reference image:", "Image 1:", ...)."""
+        if self.params.layout == "labelled":
+            pictures = [images.candidate(id_) for id_ in ids]
+            labels = [LABEL_REFERENCE, *(LABEL_CANDIDATE.format(i + 1) for i in range(len(ids)))]
+            labels[1] = f"{LABEL_CANDIDATES}\n{labels[1]}"
+        else:
+            pictures = [images.marked(id_, i + 1) for i, id_ in enumerate(ids)]
+            labels = []
+        return self._order_ask(state, [images.reference(state), *pictures], len(ids), labels)
+
+    def _rerank_members(
+        self,
+        states: list[QueryState],
+        members: list[list[str]],
+        ctx: Context,
+        images: CandidateImages,
+    ) -> None:
+        """Order each query's set members (other than the reference) in a request of their own:
+        the benchmark's subset ranking (``state.data[SUBSET_RANKING]``)."""
+        todo = [(s, ids) for s, ids in zip(states, members, strict=True) if len(ids) >= 2]
+        asks = [self._listwise_ask(state, ids, images) for state, ids in todo]
+        answers = self._generator(ctx).run(asks)
+        for (state, ids), answer in zip(todo, answers, strict=True):
+            parsed: ParsedOrder | None = answer.value
+            state.data[SUBSET_RANKING] = reorder(ids, parsed.order if parsed else ())
+            state.data[self.instance]["subset"] = {
+                "members": list(ids),
+                "order": state.data[SUBSET_RANKING],
+                "answer": answer.texts[0],
+                "fallback": parsed is None,
+            }
+        for state, ids in zip(states, members, strict=True):
+            state.data.setdefault(SUBSET_RANKING, list(ids))
 
     def _grid(self, states: list[QueryState], ctx: Context, images: CandidateImages) -> None:
         def ask(state: QueryState) -> Ask:
@@ -209,13 +271,20 @@ class Rerank(Stage):
             self._apply_scores(state, [_score(next(answers)) for _ in range(self._count(state))])
 
     # ------------------------------------------------------------------ listwise and grid
-    def _order_ask(self, state: QueryState, pictures: list[Image.Image], count: int) -> Ask:
+    def _order_ask(
+        self,
+        state: QueryState,
+        pictures: list[Image.Image],
+        count: int,
+        labels: Sequence[str] = (),
+    ) -> Ask:
         return Ask(
             {"modification": state.query.text, "count": count},
             tuple(pictures),
             fallback=None,
             record=self.record(state),
             parser=_order_parser(count),
+            labels=tuple(labels),
         )
 
     def _ordered(
@@ -272,6 +341,7 @@ class Rerank(Stage):
             self.prompt,
             stage=self.name,
             sampling=self.params.sampling,
+            json_mode=self.params.json_mode,
             logprobs=logprobs,
             cache=ctx.cache,
             fallback=self.policy,

@@ -151,7 +151,7 @@ def test_limited_run_and_missing_images(workspace, tiny_clip) -> None:
 def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace, tiny_clip):
     """CIReVL with scripted captioner and LLM: the second run asks no model anything."""
     captioner = {"backend": "scripted", "default": "a photo of a thing", "name": "bench-cap"}
-    llm = {"backend": "scripted", "default": "Target Description: a red thing", "name": "bench-lm"}
+    llm = {"backend": "scripted", "default": "Edited Description: a red thing", "name": "bench-lm"}
     overrides = [
         f"stages.caption.captioner={json.dumps(captioner)}",
         f"stages.recompose.llm={json.dumps(llm)}",
@@ -178,7 +178,7 @@ def test_llm_pipeline_run_records_prompts_and_is_served_from_the_cache(workspace
     released = [e["model"] for e in lifecycle["events"] if e["action"] == "release"]
     assert {"scripted:bench-cap", "scripted:bench-lm"} <= set(loaded) & set(released)
     assert lifecycle["peak_language_models"] == 1  # the captioner went before the LLM came
-    assert "general" in first["prompts"]["recompose"]["prompt"]
+    assert "cirevl-circo" in first["prompts"]["recompose"]["prompt"]
     assert first["prompts"] == second["prompts"]
     assert {"scripted:bench-cap", "scripted:bench-lm", tiny_clip} <= set(first["models"])
     assert all(s["cache_misses"] == 0 for s in second["stages"].values())

@@ -200,7 +200,7 @@ def test_pipeline_end_to_end_and_second_run_from_cache(name, tiny_models, galler
 
 def test_scripted_pipeline_second_run_makes_no_model_calls(gallery, tiny_models, tmp_path) -> None:
     captioner = {"backend": "scripted", "default": "a photo of a cat", "name": "cap"}
-    llm = {"backend": "scripted", "default": "Target Description: a red cat", "name": "lm"}
+    llm = {"backend": "scripted", "default": "Edited Description: a red cat", "name": "lm"}
     pipe = load_pipeline(
         "cirevl",
         overrides={"stages.caption.captioner": captioner, "stages.recompose.llm": llm,

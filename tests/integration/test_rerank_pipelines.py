@@ -3,6 +3,8 @@ pipelines end to end on a tiny gallery (tiny CLIP, BLIP, LM and VLM built from c
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -123,6 +125,9 @@ def tiny_overrides(name: str, tiny_models: dict[str, str]) -> dict:
     if name == "square":
         return {**common, "stages.reason.llm": vlm, "stages.reason.max_tokens": 8,
                 "stages.rerank.grid_cols": 2, "stages.rerank.tile_size": 48}  # fmt: skip
+    if name == "cotrr":
+        return {**common, "stages.reason.llm": vlm, "stages.reason.max_tokens": 8,
+                "stages.rerank.max_image_side": 64}  # fmt: skip
     language = {
         "stages.caption.captioner": {"backend": "transformers", "model": tiny_models["blip"]},
         "stages.caption.max_tokens": 6,
@@ -168,22 +173,37 @@ def test_pipeline_end_to_end_and_second_run_from_cache(name, tiny_models, galler
     if name in ("square", "best"):
         grid_key = f"{rerankers[0]}_grid"
         assert all(grid_key in s.data for s in first)
-    assert first[0].embeddings["query"].dim() == 1
+    query = next(s for s in pipe.stages if s.name == "retrieve").params.query
+    assert first[0].embeddings[query].dim() == 1
 
 
 def test_cotrr_reorders_with_a_scripted_reranker(tiny_models, gallery) -> None:
-    scripted = {"backend": "scripted", "name": "cotrr-test", "default": '{"ranking": [4, 3, 2, 1]}'}
+    scripted = {
+        "backend": "scripted",
+        "name": "cotrr-test",
+        "default": '{"top_4_indices": [4, 3, 2, 1]}',
+    }
+    fields = {"reference_description": "a cat", "thoughts": "t", "reflections": "r"}
+    answer = json.dumps(fields | {"target_description": "a dog"})
     overrides = tiny_overrides("cotrr", tiny_models) | {
         "stages.rerank.llm": scripted,
-        "stages.caption.captioner": {"backend": "scripted", "default": "a photo"},
-        "stages.recompose.llm": {"backend": "scripted", "default": "Target Description: a dog"},
-    }
+        "stages.reason.llm": {"backend": "scripted", "default": answer},
+    }  # fmt: skip
     pipe = load_pipeline("cotrr", overrides=overrides)
     resources = Resources()
     states = pipe.run(queries(gallery), gallery, resources=resources, keep_models=True)
-    assert len(load_backend(scripted, resources).calls) == len(states)
-    for state in states:
+    calls = load_backend(scripted, resources).calls
+    assert len(calls) == len(states)
+    for state, request in zip(states, calls, strict=True):
         moves = {m["from"]: m["to"] for m in state.data["rerank"]["moves"]}
         assert moves == {1: 4, 2: 3, 3: 2, 4: 1}
         assert state.record("rerank").fallbacks == 0
-        assert torch.isclose(state.embeddings["query"].norm(), torch.tensor(1.0), atol=1e-3)
+        assert state.targets == ["a dog"] and state.reasoning[:2] == ["t", "r"]
+        assert torch.isclose(state.embeddings["target"].norm(), torch.tensor(1.0), atol=1e-3)
+        [message] = request.messages  # the prompt, then a label before every image
+        kinds = [kind for kind, _ in message.parts()]
+        assert kinds == ["text", "image"] * 5
+        labels = [value for kind, value in message.parts() if kind == "text"]
+        assert labels[0].endswith("Reference image:") and "Modification text" in labels[0]
+        assert labels[1:] == ["Candidate images:\nImage 1:", "Image 2:", "Image 3:", "Image 4:"]
+        assert request.json_mode

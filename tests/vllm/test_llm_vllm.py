@@ -109,3 +109,24 @@ def test_specs_naming_the_same_model_share_one_engine(lm, tiny_models, resources
     [templated] = lm.generate([ChatRequest.from_prompt("a red dress", max_tokens=4)])
     [plain] = raw.generate([ChatRequest.from_prompt("a red dress", max_tokens=4)])
     assert plain.prompt_tokens < templated.prompt_tokens  # LLM.generate on the raw text
+
+
+def test_stop_sequences_end_the_answer_where_the_model_writes_them(lm):
+    [free] = lm.generate([ChatRequest.from_prompt(PROMPTS[1], max_tokens=24)])
+    text = free.text
+    assert len(text) > 6
+    stop = text[3:6]  # a piece of the greedy answer: with it as a stop, the answer ends before
+    [cut] = lm.generate([ChatRequest.from_prompt(PROMPTS[1], max_tokens=24, stop=(stop,))])
+    assert cut.text.strip() == text[: text.find(stop)].strip()
+
+
+def test_labels_are_interleaved_with_the_images(vlm):
+    from cir.llm import ChatMessage
+    from cir.llm.vllm_backend import _message
+
+    message = ChatMessage("user", "", (RED, STRIPES), labels=("First image:", "Second image:"))
+    [gen] = vlm.generate([ChatRequest((message,), n=1)])
+    assert isinstance(gen.text, str)
+    parts = _message(message)["content"]
+    assert [p["type"] for p in parts] == ["text", "image_pil", "text", "image_pil"]
+    assert parts[0]["text"] == "First image:" and parts[2]["text"] == "Second image:"
