@@ -60,7 +60,7 @@ def _pipeline(tiny_models):
     blip = json.dumps({"backend": "transformers", "model": tiny_models["blip"]})
     llm = json.dumps({"backend": "scripted", "echo": True})
     overrides = [f"stages.caption.captioner={blip}", f"stages.recompose.llm={llm}"]
-    return load_pipeline("cirevl", overrides + ["stages.caption.max_tokens=6"])
+    return load_pipeline("cirevl", [*overrides, "stages.caption.max_tokens=6"])
 
 
 def _run(pipeline, folder: Path, cache: ContentCache, ray):
