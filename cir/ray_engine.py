@@ -18,13 +18,14 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from cir.errors import ConfigError
+from cir.errors import CirError, ConfigError
 
 RayOption = bool | str | None
 INSTALL_HINT = "pip install 'cir[ray]'"
@@ -68,7 +69,9 @@ def connect(ray: RayOption) -> Any:
                 f"cannot connect to the Ray cluster {address!r} ({exc}); give 'auto' for the "
                 "cluster this machine belongs to, ray://HOST:10001, or --ray alone for a local one"
             ) from None
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.raise_original_map_exception = True  # a user's error, not the engine's wrapper
     return ray.data
 
 
@@ -104,6 +107,30 @@ def model_pool(workers: int | None = None, device: str | None = None) -> Pool:
     if gpus:
         return Pool(workers or gpus, 1.0)
     return Pool(workers or max(1, int(resources.get("CPU", 1)) - 1), 0.0)
+
+
+def rows_of(dataset: Any) -> Iterator[dict[str, Any]]:
+    """The rows of a Ray dataset as they are produced; a cir error raised inside a Ray task or
+    actor (a bad image, a model that does not load) is raised here as itself."""
+    try:
+        yield from dataset.iter_rows()
+    except Exception as exc:
+        cause = _cir_cause(exc)
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _cir_cause(exc: BaseException | None) -> CirError | None:
+    """The cir error behind a Ray task error (Ray wraps it, keeping it as ``cause``)."""
+    for _ in range(20):
+        if exc is None:
+            return None
+        inner = getattr(exc, "cause", None) or exc.__cause__
+        if isinstance(exc, CirError) and not isinstance(inner, CirError):
+            return exc
+        exc = inner
+    return None
 
 
 # ---------------------------------------------------------------- moving tensors between tasks

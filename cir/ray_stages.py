@@ -100,4 +100,4 @@ def _map(actor: type, stage: Any, rows: list, ctx: Context, index, batch_size, o
     mapped = data.from_items(rows, override_num_blocks=blocks).map_batches(
         actor, batch_size=batch_size, fn_constructor_kwargs=args, **pool.map_options()
     )
-    yield from mapped.iter_rows()
+    yield from ray_engine.rows_of(mapped)

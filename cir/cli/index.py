@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cir.cli._common import format_table
+from cir.cli._common import check_ray, format_table, ray_options
 from cir.index.ids import printable
 
 
@@ -69,22 +69,7 @@ def index_group() -> None:
     help="Continue an interrupted build in --out.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-@click.option(
-    "--ray",
-    "ray_address",
-    is_flag=False,
-    flag_value="local",
-    default=None,
-    metavar="[ADDRESS]",
-    help="Encode on a Ray cluster: --ray alone starts a local one; give 'auto' or "
-    "ray://HOST:10001 for an existing cluster (needs pip install 'cir[ray]').",
-)
-@click.option(
-    "--ray-workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Encoder actors on Ray (default: one per GPU, else one per spare CPU).",
-)
+@ray_options("Encoder")
 def build_command(
     folder: Path,
     model: str,
@@ -112,10 +97,7 @@ def build_command(
     from cir.models import load_encoder
 
     scan(folder)  # a missing or empty folder fails before a model is loaded
-    if ray_address:
-        from cir.ray_engine import require
-
-        require()
+    check_ray(ray_address)
     encoder = load_encoder(model, pretrained=pretrained, device=device, preprocessing=preprocessing)
     idx = GalleryIndex.build(
         folder,

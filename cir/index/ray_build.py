@@ -45,7 +45,7 @@ def encode(todo: list[Item], encoder: Any, shards: Any, bar: Any, options: dict)
     pool = ray_engine.model_pool(options["workers"], options.get("device"))
     encoded = _pipeline(data, chunks, encoder, pool, options["max_pixels"])
     waiting: dict[int, dict[int, tuple]] = {}
-    for row in encoded.iter_rows():
+    for row in ray_engine.rows_of(encoded):
         chunk = int(row["chunk"])
         shard = chunk // per_shard
         waiting.setdefault(shard, {})[chunk] = _received(row, chunks[chunk])

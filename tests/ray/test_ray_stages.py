@@ -12,6 +12,7 @@ import torch
 from cir import Query
 from cir.cache import ContentCache
 from cir.context import Context
+from cir.errors import DataError
 from cir.gallery_captions import caption_gallery
 from cir.index import GalleryIndex
 from cir.models import load_encoder
@@ -38,7 +39,12 @@ def _caption(folder: Path, tiny_models, ray, progress_file: Path) -> GalleryInde
     encoder = load_encoder(index.encoder.spec)
     ctx = Context(index=index)
     caption_gallery(
-        index, _captioner(tiny_models), encoder, ctx, batch_size=3, progress_file=progress_file,
+        index,
+        _captioner(tiny_models),
+        encoder,
+        ctx,
+        batch_size=3,
+        progress_file=progress_file,
         ray=ray,
     )
     return index
@@ -94,3 +100,12 @@ def test_language_stages_on_ray_equal_local_and_reuse_the_cache(
         misses, hits = _misses_and_hits(again, stage)
         assert misses == 0 and hits >= len(MODS), (stage, misses, hits)
     assert [s.targets for s in again] == [s.targets for s in first]
+
+
+def test_a_user_error_inside_an_actor_is_raised_as_itself(
+    index_folder, tiny_models, ray_cluster
+) -> None:
+    index = GalleryIndex.load(index_folder)
+    queries = [Query("make it red", reference_id="not-in-the-gallery.jpg", id="q0")]
+    with pytest.raises(DataError, match="not-in-the-gallery.jpg"):
+        _pipeline(tiny_models).run(queries, index, ray=True, progress=False)
