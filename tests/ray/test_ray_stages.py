@@ -107,5 +107,5 @@ def test_a_user_error_inside_an_actor_is_raised_as_itself(
 ) -> None:
     index = GalleryIndex.load(index_folder)
     queries = [Query("make it red", reference_id="not-in-the-gallery.jpg", id="q0")]
-    with pytest.raises(DataError, match="not-in-the-gallery.jpg"):
+    with pytest.raises(DataError, match=r"not-in-the-gallery\.jpg"):
         _pipeline(tiny_models).run(queries, index, ray=True, progress=False)
