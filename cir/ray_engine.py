@@ -88,7 +88,10 @@ class Pool:
 
     def map_options(self) -> dict[str, Any]:
         """Keyword arguments of ``Dataset.map_batches`` for an actor class over this pool."""
-        return {"concurrency": self.actors, "num_gpus": self.gpus_per_actor, "num_cpus": 1}
+        from ray.data import ActorPoolStrategy
+
+        compute = ActorPoolStrategy(size=self.actors)
+        return {"compute": compute, "num_gpus": self.gpus_per_actor, "num_cpus": 1}
 
 
 def model_pool(workers: int | None = None, device: str | None = None) -> Pool:

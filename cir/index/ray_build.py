@@ -67,7 +67,9 @@ def _pipeline(data: Any, chunks: list[list[Item]], encoder: Any, pool: Any, max_
     decode = partial(_decode, preprocess=encoder.preprocess, max_pixels=max_pixels)
     return (
         data.from_items(rows, override_num_blocks=len(rows))
-        .map(decode)
+        # Its own operator (Ray Data would otherwise fuse it into the actors on CPU-only
+        # clusters, and the model would wait for every decode): tasks decode beside the actors.
+        .map(decode, num_cpus=1, ray_remote_args_fn=_one_cpu)
         .map_batches(
             _EncoderActor,
             batch_size=1,
@@ -75,6 +77,10 @@ def _pipeline(data: Any, chunks: list[list[Item]], encoder: Any, pool: Any, max_
             **pool.map_options(),
         )
     )
+
+
+def _one_cpu() -> dict[str, Any]:
+    return {"num_cpus": 1}
 
 
 def _actor_args(encoder: Any, pool: ray_engine.Pool) -> dict[str, Any]:
@@ -94,6 +100,7 @@ def _decode(row: dict[str, Any], preprocess: Any, max_pixels: int | None) -> dic
     """One batch of images decoded and preprocessed (a Ray task); bad files keep their reason."""
     from cir.index.build import _collate, _Images
 
+    torch.set_num_threads(1)  # as in a DataLoader worker: the cores are the model's
     items = [Item(**entry) for entry in json.loads(row["items"])]
     images = _Images(items, preprocess, max_pixels)
     good, pixels, bad = _collate([images[n] for n in range(len(items))])
