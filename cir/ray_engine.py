@@ -11,8 +11,8 @@ asks for Ray (``ray=True`` or an address), so without it nothing in cir changes.
 - an address (``"auto"``, ``"ray://head:10001"``, ``"10.0.0.5:6379"``): that cluster.
 
 Example:
-    >>> ray_data = connect("auto")          # the cluster this machine belongs to
-    >>> workers = encoder_pool(workers=None)  # one actor per GPU, else per CPU slot
+    >>> ray_data = connect("auto")    # the cluster this machine belongs to
+    >>> pool = model_pool()           # one actor per GPU, else one per spare CPU
 """
 
 from __future__ import annotations
@@ -147,8 +147,3 @@ def unpack(data: bytes, shape: str) -> torch.Tensor:
     """The tensor :func:`pack` stored (a copy, owned by the caller)."""
     dims = json.loads(shape)
     return torch.from_numpy(np.frombuffer(data, dtype=np.float32).reshape(dims).copy())
-
-
-def first(batch: dict[str, Any], column: str) -> Any:
-    """The value of ``column`` in a one-row batch."""
-    return batch[column][0]
