@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from cir import ray_engine, ray_stages
 from cir.context import Context
 from cir.errors import ConfigError
 from cir.resources import Resources, default_resources
@@ -58,6 +59,8 @@ def execute(
     keep_models: bool = False,
     keep_artifacts: bool = True,
     keep_embeddings: bool = True,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> list[list[QueryState]]:
     """Run ``groups`` through ``pipeline`` stage by stage; one list of states per group.
 
@@ -67,6 +70,10 @@ def execute(
         keep_artifacts: keep large per-query artifacts (grid images, drawn pictures) in the
             states once no later stage reads them.
         keep_embeddings: keep embeddings no later stage reads.
+        ray: run the batches of language-model stages on a Ray cluster (``True`` for a local
+            one, or its address) with a pool of model actors sharing ``cache``; other stages
+            run here (see :mod:`cir.ray_stages`).
+        ray_workers: model actors per stage on Ray (default: one per GPU, else per spare CPU).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -80,13 +87,14 @@ def execute(
     states = [[QueryState(q) for q in g.queries] for g in groups]
     last_use = model_schedule(pipeline.stages, contexts)
     stages = pipeline.stages
+    on_ray = {"ray": ray, "workers": ray_workers} if ray_engine.wanted(ray) else None
     try:
         for position, stage in enumerate(stages):
             if on_stage is not None:
                 on_stage(position, len(stages), stage.instance)
             with tqdm(total=total, desc=stage.instance, disable=not show, unit="query") as bar:
                 for ctx, group in zip(contexts, states, strict=True):
-                    _run_stage(stage, group, ctx, batch_size, bar)
+                    _run_stage(stage, group, ctx, batch_size, bar, on_ray)
             if not keep_models:
                 stage.teardown()
                 resources.release_all(k for k, last in last_use.items() if last == position)
@@ -110,12 +118,21 @@ def model_schedule(stages: Sequence[Stage], contexts: Sequence[Context]) -> dict
     return last
 
 
-def _run_stage(stage: Stage, states: list[QueryState], ctx: Context, batch_size: int, bar) -> None:
+def _run_stage(
+    stage: Stage, states: list[QueryState], ctx: Context, batch_size: int, bar, on_ray=None
+) -> None:
     if not states:
         return
-    stage.setup(ctx)
     for state in states:
         state.trace.append(StageRecord(stage=stage.name, name=stage.instance))
+    if on_ray is not None and ray_stages.runs_on_ray(stage):
+        started = time.perf_counter()
+        states[:] = ray_stages.run_stage(stage, states, ctx, batch_size, on_ray)
+        for state in states:
+            stage.record(state).seconds += (time.perf_counter() - started) / len(states)
+        bar.update(len(states))
+        return
+    stage.setup(ctx)
     step = len(states) if stage.whole_set else batch_size
     for start in range(0, len(states), step):
         batch = states[start : start + step]

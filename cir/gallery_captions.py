@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cir import ray_engine, ray_stages
 from cir.errors import ConfigError, DataError
 
 SIDECAR = "captions"
@@ -139,6 +140,8 @@ def caption_gallery(
     progress_file: str | Path | None = None,
     progress: bool = False,
     source: str | None = None,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> dict[str, int]:
     """Caption every gallery image with a ``caption`` stage and attach the sidecar.
 
@@ -152,28 +155,43 @@ def caption_gallery(
         encoder: the index's text encoder.
         ctx: a stage ``Context`` (cache, resources); a default one over ``index`` when None.
         source: what made the captions, kept in the sidecar's meta (default: the captioner).
+        ray: caption on a Ray cluster (``True`` for a local one, or its address) with a pool
+            of captioner actors sharing the content cache (see :mod:`cir.ray_stages`); the
+            captions equal a local run's.
+        ray_workers: captioner actors on Ray (default: one per GPU, else per spare CPU).
 
     Returns:
         ``{"images": N, "captions_per_image": K, "resumed": R}`` (R rows read from progress).
     """
-    from tqdm.auto import tqdm
-
     from cir.context import Context
 
     ctx = ctx or Context(index=index)
     done = _read_progress(progress_file)
     resumed = sum(1 for gid in index.ids if gid in done)
     todo = [gid for gid in index.ids if gid not in done]
-    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="captions"):
-        batch = todo[start : start + batch_size]
-        captions = captioner.caption_images([_image_path(index, gid) for gid in batch], ctx)
-        done.update(zip(batch, captions, strict=True))
-        _append_progress(progress_file, batch, captions)
+    paths = [_image_path(index, gid) for gid in todo]
+    if ray_engine.wanted(ray):
+        options = {"ray": ray, "workers": ray_workers}
+        for n, captions in ray_stages.caption_paths(captioner, paths, ctx, batch_size, options):
+            done[todo[n]] = captions
+            _append_progress(progress_file, [todo[n]], [captions])
+    else:
+        _caption_locally(captioner, todo, paths, ctx, batch_size, progress, progress_file, done)
     rows = [done[gid] for gid in index.ids]
     if source is None:
         source = "captioner:" + json.dumps(captioner.params.captioner, sort_keys=True)
     set_caption_sidecar(index, rows, encoder, name, source=source)
     return {"images": len(rows), "captions_per_image": len(rows[0]), "resumed": resumed}
+
+
+def _caption_locally(captioner, todo, paths, ctx, batch_size, progress, progress_file, done):
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, len(todo), batch_size), disable=not progress, desc="captions"):
+        batch = todo[start : start + batch_size]
+        captions = captioner.caption_images(paths[start : start + batch_size], ctx)
+        done.update(zip(batch, captions, strict=True))
+        _append_progress(progress_file, batch, captions)
 
 
 def _image_path(index: Any, gid: str) -> Path:

@@ -257,6 +257,7 @@ class Pipeline:
         progress: bool | None = None,
         on_stage: OnStage | None = None,
         keep_models: bool = False,
+        ray: bool | str | None = None,
     ) -> list[QueryState]:
         """Run every query through the stages, stage by stage.
 
@@ -277,12 +278,15 @@ class Pipeline:
                 each stage runs.
             keep_models: keep the models loaded after the run (interactive search, the demo);
                 by default each is released after the last stage that uses it.
+            ray: run the language-model stages' batches on a Ray cluster (``True`` for a local
+                one, or its address ``"auto"``), the content cache shared by the actors
+                (``pip install 'cir[ray]'``; see :mod:`cir.ray_stages`).
 
         Returns:
             One ``QueryState`` per query, in order, with ranking and trace.
         """
         options = {"batch_size": batch_size, "cache": cache, "resources": resources}
-        options |= {"device": device, "progress": progress, "on_stage": on_stage}
+        options |= {"device": device, "progress": progress, "on_stage": on_stage, "ray": ray}
         return self.run_groups(
             [RunGroup(list(queries), index)], keep_models=keep_models, **options
         )[0]

@@ -91,6 +91,8 @@ def run_benchmark(
     resources: Resources | None = None,
     keep_models: bool = False,
     allow_missing: bool = False,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> BenchResult:
     """Run ``pipeline`` on a benchmark split and write predictions, metrics, manifest, report.
 
@@ -115,6 +117,8 @@ def run_benchmark(
             by default each is released after the last stage that uses it.
         allow_missing: run on the images present (see ``cir.bench.missing``) instead of
             refusing when one is absent; the counts go into metrics, manifest and report.
+        ray / ray_workers: run the language-model stages on a Ray cluster (see
+            :func:`cir.execution.execute`); the predictions are the same.
     """
     from cir.index.compute import check_compute
 
@@ -153,6 +157,7 @@ def run_benchmark(
     results = pipe.run_groups(
         groups, batch_size=batch_size, cache=cache, resources=resources, device=device,
         progress=progress, keep_models=keep_models, keep_artifacts=False, keep_embeddings=False,
+        ray=ray, ray_workers=ray_workers,
     )  # fmt: skip
     if not keep_models:
         _release_encoder(resources, spec, device)

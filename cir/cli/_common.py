@@ -26,6 +26,38 @@ compute_option = click.option(
 )
 
 
+def ray_options(actors: str):
+    """``--ray [ADDRESS]`` and ``--ray-workers N`` (``actors`` names what each actor holds)."""
+
+    def decorate(command):
+        command = click.option(
+            "--ray-workers",
+            type=click.IntRange(min=1),
+            default=None,
+            help=f"{actors} actors on Ray (default: one per GPU, else one per spare CPU).",
+        )(command)
+        return click.option(
+            "--ray",
+            "ray_address",
+            is_flag=False,
+            flag_value="local",
+            default=None,
+            metavar="[ADDRESS]",
+            help="Run on a Ray cluster: --ray alone starts a local one; give 'auto' or "
+            "ray://HOST:10001 for an existing cluster (needs pip install 'cir[ray]').",
+        )(command)
+
+    return decorate
+
+
+def check_ray(ray_address: str | None) -> None:
+    """Fail before any model loads when --ray is given and Ray is not installed."""
+    if ray_address:
+        from cir.ray_engine import require
+
+        require()
+
+
 def cache_options(command):
     """``--cache-dir DIR`` and ``--no-cache`` for commands that run pipelines."""
     command = click.option(

@@ -9,11 +9,13 @@ import click
 from cir.bench import BENCHMARKS
 from cir.bench.datasets.genecis import TASKS as GENECIS_TASKS
 from cir.cli._common import (
+    check_ray,
     compute_option,
     device_option,
     format_table,
     overrides_option,
     preset_option,
+    ray_options,
 )
 
 dataset_argument = click.argument("dataset", type=click.Choice(BENCHMARKS, case_sensitive=False))
@@ -61,11 +63,18 @@ def bench_group() -> None:
 @preset_option
 @device_option
 @compute_option
+@ray_options("Language-model")
 @json_option
 def run_command(dataset: str, split: str, as_json: bool, **options) -> None:
-    """Run a pipeline on DATASET and write predictions, metrics or submissions, and a report."""
+    """Run a pipeline on DATASET and write predictions, metrics or submissions, and a report.
+
+    With --ray the batches of language-model stages run on a pool of Ray actors that share the
+    content cache; the predictions are the same.
+    """
     from cir.bench.runner import run_benchmark
 
+    check_ray(options["ray_address"])
+    options["ray"] = options.pop("ray_address")
     options["categories"] = options["categories"] or None
     options["tasks"] = options["tasks"] or None
     result = run_benchmark(dataset.lower(), split, progress=not as_json, **options)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cir.cli._common import format_table
+from cir.cli._common import check_ray, format_table, ray_options
 from cir.index.ids import printable
 
 
@@ -69,6 +69,7 @@ def index_group() -> None:
     help="Continue an interrupted build in --out.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@ray_options("Encoder")
 def build_command(
     folder: Path,
     model: str,
@@ -83,13 +84,20 @@ def build_command(
     max_pixels: int | None,
     resume: bool,
     progress: bool,
+    ray_address: str | None,
+    ray_workers: int | None,
 ) -> None:
-    """Encode the images under FOLDER (recursively) into an index at --out."""
+    """Encode the images under FOLDER (recursively) into an index at --out.
+
+    With --ray the images are decoded by Ray tasks and encoded by a pool of encoder actors; the
+    index is the same as a local build's, and an interrupted build resumes either way.
+    """
     from cir.index import GalleryIndex
     from cir.index.build import scan
     from cir.models import load_encoder
 
     scan(folder)  # a missing or empty folder fails before a model is loaded
+    check_ray(ray_address)
     encoder = load_encoder(model, pretrained=pretrained, device=device, preprocessing=preprocessing)
     idx = GalleryIndex.build(
         folder,
@@ -102,10 +110,13 @@ def build_command(
         dtype=dtype,
         max_pixels=max_pixels,
         progress=progress,
+        ray=ray_address,
+        ray_workers=ray_workers,
     )
+    where = " on Ray" if ray_address else ""
     click.echo(
         f"indexed {len(idx)} images ({idx.dim}-d, {idx.dtype}) with "
-        f"{encoder.identity.key} into {out}"
+        f"{encoder.identity.key} into {out}{where}"
     )
     if idx.skipped:
         click.echo(f"skipped {len(idx.skipped)} unreadable file(s) (listed in {out}/skipped.json):")

@@ -8,6 +8,7 @@ from typing import Any
 import click
 import yaml
 
+from cir.cli._common import check_ray, ray_options
 from cir.cli.index import index_group
 from cir.errors import ConfigError
 
@@ -59,6 +60,7 @@ def parse_captioner(text: str) -> dict[str, Any]:
     help="Reuse and store captions in the content cache.",
 )
 @click.option("--device", default=None, help="Device for models (cuda, cpu); automatic by default.")
+@ray_options("Captioner")
 def caption_command(
     index_dir: str,
     captioner: str | None,
@@ -73,11 +75,14 @@ def caption_command(
     name: str,
     cache: bool,
     device: str | None,
+    ray_address: str | None,
+    ray_workers: int | None,
 ) -> None:
     """Caption every image of the index at INDEX_DIR (or import captions) for WeiMoCIR.
 
     Captions are written batch by batch to INDEX_DIR/<name>.partial.jsonl, so an interrupted
-    run resumes where it stopped; the sidecar is saved with the index at the end.
+    run resumes where it stopped; the sidecar is saved with the index at the end. With --ray
+    the images are captioned by a pool of captioner actors sharing the content cache.
     """
     from cir.context import Context
     from cir.gallery_captions import caption_gallery, import_gallery_captions
@@ -86,6 +91,7 @@ def caption_command(
 
     if (captioner is None) == (captions_file is None):
         raise ConfigError("give exactly one of --captioner (to caption) or --captions-file")
+    check_ray(ray_address)
     index = GalleryIndex.load(index_dir, device=device, mmap=False)
     ctx = Context(index=index, cache=_cache() if cache else None, device=device, progress=True)
     encoder = resolve_encoder(ctx, "index caption", None)
@@ -97,8 +103,9 @@ def caption_command(
         )
         progress_file = Path(index_dir) / f"{name}.partial.jsonl"
         summary = caption_gallery(
-            index, stage, encoder, ctx, name, batch_size, progress_file, progress=True
-        )
+            index, stage, encoder, ctx, name, batch_size, progress_file, progress=True,
+            ray=ray_address, ray_workers=ray_workers,
+        )  # fmt: skip
     index.save(index_dir)
     if captions_file is None:
         progress_file.unlink(missing_ok=True)

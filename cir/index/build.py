@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from cir import ray_engine
 from cir.errors import DataError
 from cir.images import load_image
 from cir.index import store
@@ -98,6 +99,8 @@ def build_index(
     device: str | None = None,
     progress: bool = True,
     interrupt_after_shards: int | None = None,
+    ray: bool | str | None = None,
+    ray_workers: int | None = None,
 ) -> GalleryIndex:
     """Encode a gallery into an index saved in ``out``.
 
@@ -115,9 +118,14 @@ def build_index(
         progress: show a progress bar.
         interrupt_after_shards: testing hook: stop with :class:`BuildInterrupted` after this
             many new shards.
+        ray: encode on a Ray cluster (``True`` for a local one, or its address, ``"auto"``);
+            the shards, resuming and the saved index are the same as a local build's (see
+            :mod:`cir.index.ray_build`). Needs ``pip install 'cir[ray]'``.
+        ray_workers: encoder actors on Ray (default: one per GPU, else one per spare CPU).
 
     Raises:
         DataError: missing or empty folder, or no readable image at all.
+        ConfigError: ``ray`` is asked for but Ray is not installed or not reachable.
     """
     if isinstance(encoder, str):
         from cir.models import load_encoder
@@ -125,7 +133,19 @@ def build_index(
         encoder = load_encoder(encoder, device=device)
     if batch_size < 1 or num_workers < 0 or shard_size < 1:
         raise DataError("batch_size and shard_size must be >= 1 and num_workers >= 0")
-    options = (batch_size, num_workers, shard_size, max_pixels, progress, interrupt_after_shards)
+    options = {
+        "batch_size": batch_size,
+        "workers": num_workers,
+        "shard_size": shard_size,
+        "max_pixels": max_pixels,
+        "progress": progress,
+        "interrupt_after_shards": interrupt_after_shards,
+        "ray": ray,
+        "device": device,
+    }
+    if ray_engine.wanted(ray):
+        ray_engine.connect(ray)  # no Ray: a clear error before the folder is touched
+        options["workers"] = ray_workers
     root, items, problems = find_images(source)
     folder = Path(out)
     with FolderLock(folder, wait=0, what="build"):
@@ -135,7 +155,6 @@ def build_index(
 
 def _build(folder, found, encoder, resume, dtype, options) -> GalleryIndex:
     root, items, problems = found
-    batch_size, num_workers, shard_size, max_pixels, progress, interrupt_after_shards = options
     work = folder / BUILD_DIR
     done, skipped = _start(work, encoder, resume)
     todo = [it for it in items if it.path not in done and it.path not in skipped]
@@ -143,29 +162,40 @@ def _build(folder, found, encoder, resume, dtype, options) -> GalleryIndex:
     bar = tqdm(
         total=len(items),
         initial=len(items) - len(todo),
-        disable=not progress,
+        disable=not options["progress"],
         unit="img",
         desc="encoding gallery",
     )
+    if ray_engine.wanted(options["ray"]):
+        from cir.index import ray_build
+
+        ray_build.encode(todo, encoder, shards, bar, options)
+    else:
+        _encode_locally(todo, encoder, shards, bar, options)
+    shards.flush()
+    bar.close()
+    return _finish(folder, root, items, problems, encoder, dtype)
+
+
+def _encode_locally(todo: list[Item], encoder: Any, shards: _Shards, bar: Any, options) -> None:
+    batch_size = options["batch_size"]
     loader = DataLoader(
-        _Images(todo, encoder.preprocess, max_pixels),
+        _Images(todo, encoder.preprocess, options["max_pixels"]),
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=options["workers"],
         collate_fn=_collate,
         pin_memory=torch.cuda.is_available() and str(getattr(encoder, "device", "")) != "cpu",
         persistent_workers=False,
     )
-    per_shard = max(1, round(shard_size / batch_size))
+    per_shard = max(1, round(options["shard_size"] / batch_size))
     for step, (good, pixels, bad) in enumerate(loader, start=1):
         if pixels is not None:
             shards.add_rows([todo[n] for n in good], encoder.encode_pixels(pixels))
         shards.add_skips([(todo[n], reason) for n, reason in bad])
         bar.update(len(good) + len(bad))
-        if step % per_shard == 0 and shards.flush() and interrupt_after_shards == shards.written:
+        stop = options["interrupt_after_shards"]
+        if step % per_shard == 0 and shards.flush() and stop == shards.written:
             raise BuildInterrupted(f"stopped after {shards.written} shards (testing hook)")
-    shards.flush()
-    bar.close()
-    return _finish(folder, root, items, problems, encoder, dtype)
 
 
 def _start(work: Path, encoder: Any, resume: bool) -> tuple[dict, dict]:

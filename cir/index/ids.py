@@ -36,6 +36,11 @@ class IdTable:
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
 
+    def __reduce__(self) -> tuple:
+        # Python's string hashes are salted per process: another process (a Ray worker, a
+        # DataLoader worker under spawn) must hash the ids again, so only the ids travel.
+        return IdTable, (self.tolist(),)
+
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
