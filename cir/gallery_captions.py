@@ -275,7 +275,12 @@ class GalleryCaptionSpec:
 
 
 def ensure_gallery_captions(
-    index: Any, spec: GalleryCaptionSpec, index_dir: str | Path, ctx: Any, encoder: Any
+    index: Any,
+    spec: GalleryCaptionSpec,
+    index_dir: str | Path,
+    ctx: Any,
+    encoder: Any,
+    **ray_args: Any,
 ) -> dict[str, Any]:
     """Caption the gallery as ``spec`` says unless the saved index already holds those captions,
     or captions that did not come from a ``gallery_captions:`` section (imported with
@@ -283,7 +288,8 @@ def ensure_gallery_captions(
 
     The captions go through the content cache and a progress file beside the index (named by
     the spec, so a changed spec never resumes from another's captions); the index is saved
-    with the sidecar. Returns what happened, for the run manifest.
+    with the sidecar; ``ray_args`` (``ray``, ``ray_workers``) caption on a Ray cluster. Returns
+    what happened, for the run manifest.
     """
     index_dir = Path(index_dir)
     source = spec.source()
@@ -298,7 +304,7 @@ def ensure_gallery_captions(
     stage = spec.stage()
     summary = caption_gallery(
         index, stage, encoder, ctx, spec.sidecar, spec.batch_size, progress_file,
-        progress=ctx.progress, source=source,
+        progress=ctx.progress, source=source, **ray_args,
     )  # fmt: skip
     index.save(index_dir)
     progress_file.unlink(missing_ok=True)

@@ -136,12 +136,18 @@ def _write_marker(folder: Path, encoder: EncoderSpec, fingerprint: str, key, ski
 
 
 def caption_galleries(
-    pipe: Any, groups: list, infos: list[dict], ctx_args: dict[str, Any], release: bool = True
+    pipe: Any,
+    groups: list,
+    infos: list[dict],
+    ctx_args: dict[str, Any],
+    release: bool = True,
+    **ray_args: Any,
 ) -> None:
     """Give every gallery index the captions the pipeline's ``gallery_captions:`` declares
     (made once, saved with the cached index); what happened goes into each index's ``infos``.
 
-    ``ctx_args`` are the run's ``Context`` fields (resources, cache, device, progress). The
+    ``ctx_args`` are the run's ``Context`` fields (resources, cache, device, progress);
+    ``ray_args`` (``ray``, ``ray_workers``) caption on a Ray cluster as the run asks. The
     captioner is released afterwards (with ``release``) unless a stage of the pipeline names it.
     """
     from cir.context import Context
@@ -154,7 +160,8 @@ def caption_galleries(
     for group, info, ctx in zip(groups, infos, contexts, strict=True):
         encoder = resolve_encoder(ctx, "gallery captions", None)
         folder = Path(info["folder"]) / "index"
-        info["gallery_captions"] = ensure_gallery_captions(group.index, spec, folder, ctx, encoder)
+        made = ensure_gallery_captions(group.index, spec, folder, ctx, encoder, **ray_args)
+        info["gallery_captions"] = made
     if not release:
         return
     stage = spec.stage()

@@ -153,7 +153,8 @@ def run_benchmark(
     if pipe.gallery_captions is not None:  # the captions its rules read, made once per gallery
         ctx_args = {"resources": resources, "cache": cache, "device": device, "progress": progress}
         infos = list(outcome.indexes.values())
-        caption_galleries(pipe, groups, infos, ctx_args, release=not keep_models)
+        ray_args = {"ray": ray, "ray_workers": ray_workers}
+        caption_galleries(pipe, groups, infos, ctx_args, release=not keep_models, **ray_args)
     results = pipe.run_groups(
         groups, batch_size=batch_size, cache=cache, resources=resources, device=device,
         progress=progress, keep_models=keep_models, keep_artifacts=False, keep_embeddings=False,
