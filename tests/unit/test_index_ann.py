@@ -1,4 +1,4 @@
-"""IVF-PQ with exact rescoring: sizing, neighbours on clustered data, storage, rules on candidates."""
+"""IVF-PQ with exact rescoring: sizing, neighbours, storage, rules on ANN candidates."""
 
 import json
 
@@ -55,7 +55,7 @@ def test_sizing_stays_within_the_budget(rows, dim, budget):
 def test_sizing_errors_name_the_problem():
     with pytest.raises(ConfigError, match="raise --max-index-memory"):
         size_ivfpq(1_000_000, 768, parse_memory("1MB"))
-    with pytest.raises(ConfigError, match="e.g. 8GB"):
+    with pytest.raises(ConfigError, match=r"e\.g\. 8GB"):
         parse_memory("eight gigs")
     assert parse_memory("1.5GB") == 1_500_000_000 and parse_memory("2GiB") == 2 * 2**30
     assert size_ivfpq(2_000_000, 768, parse_memory("384MB")).factory == "IVF4096_HNSW32,PQ128"
@@ -84,7 +84,7 @@ def test_searcher_protocol_backends_agree(ann_dir):
     assert isinstance(ivf, Searcher) and isinstance(exact, Searcher)
     q = clustered_queries(idx.embeddings, 5, seed=9)
     (s1, ids1), (s2, ids2) = exact.search(q, 5), ivf.search(q, 5)
-    assert ids1[0][0] == ids2[0][0] and s1.shape == (5, 5)
+    assert ids1[0][0] == ids2[0][0] and s1.shape == s2.shape == (5, 5)
     torch.testing.assert_close(
         ivf.fetch(ids1[0]), idx.embeddings[[idx.position(i) for i in ids1[0]]].float()
     )
