@@ -28,4 +28,13 @@ def open_backend(gallery: Any, spec: str, **options: Any) -> PositionSearcher | 
     raise ConfigError(f"unknown search backend {spec!r}; valid: {', '.join(BACKENDS)}")
 
 
+def use_backend(
+    index: Any, backend: str = "exact", nprobe: int | None = None, rescore: int | None = None
+) -> None:
+    """Search ``index`` through ``backend`` with the options given (None: the default)."""
+    options = {k: v for k, v in (("nprobe", nprobe), ("rescore", rescore)) if v is not None}
+    if backend != "exact" or options:
+        index.use_backend(backend, **options)
+
+
 __all__ = ["BACKENDS", "ExactSearcher", "open_backend"]
