@@ -110,6 +110,7 @@ def export_milvus(
     for start in range(0, len(gallery), INSERT_ROWS):
         block = rows[start : start + INSERT_ROWS].float().cpu().numpy()
         client.insert(collection, [{"pos": start + i, "vec": v} for i, v in enumerate(block)])
+    client.flush(collection)  # seal the segments, so searches use the vector index
     return len(gallery)
 
 
@@ -180,6 +181,7 @@ class MilvusSearcher(PositionSearcher):
             limit=asked,
             search_params={"metric_type": "IP", "params": {"nprobe": self.nprobe}},
             output_fields=["pos"],
+            consistency_level="Bounded",  # the rows are written once, before any search
         )
         pos = torch.full((len(q), asked), -1, dtype=torch.long)
         for i, row in enumerate(hits):
