@@ -162,7 +162,12 @@ class IvfPqSearcher(PositionSearcher):
         """Open the IVF-PQ index of ``gallery`` (saved in ``directory``, default its folder)."""
         from cir.index.store import read_manifest
 
-        folder = Path(directory or gallery.folder or "")
+        if directory is None and gallery.folder is None:
+            raise DataError(
+                "this index was never saved, so it has no approximate index; save it, then run "
+                "`cir index ann FOLDER --max-index-memory ...`"
+            )
+        folder = Path(directory or gallery.folder)
         if not (folder / META).is_file():
             raise DataError(
                 f"{folder} has no approximate index; build one with "

@@ -98,7 +98,8 @@ class Retrieve(Stage):
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         index = ctx.require_index(self.instance)
         if self.params.rule != "dot" or self.params.hubness is not None:
-            return self._mark(self._run_rule(states, index), index)
+            exact_rules = index.backend is None  # faiss's own ivf serves plain search only
+            return self._mark(self._run_rule(states, index), None if exact_rules else index)
         name = self.params.query
         queries = stack_vectors(states, name, self.instance, index.device)
         rankings = index.search(
@@ -115,7 +116,7 @@ class Retrieve(Stage):
 
     def _mark(self, states: list[QueryState], index) -> list[QueryState]:
         """Say in the trace when the ranking came from an approximate backend."""
-        if index.approximate is not None:
+        if index is not None and index.approximate is not None:
             for state in states:
                 self.record(state).notes["approximate"] = index.approximate
         return states

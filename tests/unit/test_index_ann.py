@@ -174,3 +174,9 @@ def test_candidate_view_keeps_references_and_restrictions(ann_dir):
                                idx.sidecar("captions")[0][idx.position("g5")])  # fmt: skip
     plain = GalleryIndex.load(ann_dir)
     assert candidate_view(plain, probes, 20, restrict=None) == (plain, None)
+
+
+def test_an_unsaved_index_has_no_approximate_index():
+    idx = GalleryIndex.from_embeddings(["a", "b"], torch.randn(2, 8))
+    with pytest.raises(DataError, match="never saved"):
+        idx.use_backend("ivfpq")
