@@ -62,6 +62,13 @@ def test_sizing_errors_name_the_problem():
     assert size_ivfpq(5000, 64, 10**6, opq=True).factory.startswith("OPQ16,")
 
 
+def test_the_built_index_stays_within_its_estimate(ann_dir):
+    meta = json.loads((ann_dir / META).read_text())
+    size = (ann_dir / meta["file"]).stat().st_size
+    assert meta["sizing"]["memory_bytes"] <= 10**6  # the budget the fixture gave
+    assert size <= 1.1 * meta["sizing"]["memory_bytes"]
+
+
 def test_ivfpq_finds_the_exact_neighbours(ann_dir):
     idx = GalleryIndex.load(ann_dir)
     q = clustered_queries(idx.embeddings, 40, seed=5)
