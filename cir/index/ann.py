@@ -76,7 +76,9 @@ def build_ivfpq(
     sizing = size_ivfpq(len(rows), rows.shape[1], max_memory, opq)
     faiss = import_faiss()
     index = faiss.index_factory(sizing.dim, sizing.factory, faiss.METRIC_INNER_PRODUCT)
-    faiss.extract_index_ivf(index).cp.niter = KMEANS_ITERATIONS
+    clustering = faiss.extract_index_ivf(index).cp
+    clustering.niter = KMEANS_ITERATIONS
+    clustering.spherical = True  # unit centroids: inner-product assignment is then cosine
     started = time.perf_counter()
     index.train(_training_sample(rows, sizing, train_rows))
     for start in range(0, len(rows), ADD_CHUNK):

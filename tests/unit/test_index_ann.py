@@ -69,6 +69,14 @@ def test_the_built_index_stays_within_its_estimate(ann_dir):
     assert size <= 1.1 * meta["sizing"]["memory_bytes"]
 
 
+def test_lists_are_balanced(ann_dir):
+    """Spherical k-means: inner-product assignment must not pour the rows into a few lists."""
+    import faiss
+
+    index = GalleryIndex.load(ann_dir).use_backend("ivfpq").backend.index
+    assert faiss.extract_index_ivf(index).invlists.imbalance_factor() < 3
+
+
 def test_ivfpq_finds_the_exact_neighbours(ann_dir):
     idx = GalleryIndex.load(ann_dir)
     q = clustered_queries(idx.embeddings, 40, seed=5)
