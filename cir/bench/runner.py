@@ -37,6 +37,7 @@ from cir.bench.report import write_report
 from cir.bench.submission import write_submission
 from cir.errors import ConfigError, DataError
 from cir.execution import RunGroup
+from cir.index.backends import use_backend
 from cir.models.spec import EncoderSpec
 from cir.rerank.subset import SUBSET_RANKING
 from cir.resources import Resources, default_resources
@@ -86,6 +87,9 @@ def run_benchmark(
     preset: str | None = None,
     device: str | None = None,
     compute: str = "auto",
+    backend: str = "exact",
+    nprobe: int | None = None,
+    rescore: int | None = None,
     workers: int = 0,
     progress: bool = True,
     resources: Resources | None = None,
@@ -112,6 +116,8 @@ def run_benchmark(
             a GeneCIS run of one task also ``genecis/<task>``).
         workers: DataLoader workers for building an index.
         compute: the gallery search's compute path (``auto`` or one to force).
+        backend / nprobe / rescore: search through an approximate backend (``ivfpq``,
+            ``milvus:URI[#collection]``); the manifest then says so under ``indexes``.
         resources: the model cache (its load/release events go into the manifest).
         keep_models: keep every model loaded after the run (several runs in one process);
             by default each is released after the last stage that uses it.
@@ -148,6 +154,8 @@ def run_benchmark(
             ds.name, part, spec, cache_root, device, workers, progress, resources
         )
         info["compute"] = index.set_compute(compute).describe()
+        use_backend(index, backend, nprobe, rescore)
+        info["search"] = index.approximate or "exact"
         outcome.indexes[part.name or ds.name] = info
         groups.append(RunGroup(part.queries, index))
     if pipe.gallery_captions is not None:  # the captions its rules read, made once per gallery

@@ -58,6 +58,29 @@ def check_ray(ray_address: str | None) -> None:
         require()
 
 
+def backend_options(command):
+    """``--backend`` (exact, ivfpq, milvus:URI[#collection]), ``--nprobe`` and ``--rescore``."""
+    command = click.option(
+        "--rescore",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Candidates per query rescored exactly (approximate backends; default 256).",
+    )(command)
+    command = click.option(
+        "--nprobe",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Lists visited per query (approximate backends; default 32).",
+    )(command)
+    return click.option(
+        "--backend",
+        default="exact",
+        show_default=True,
+        help="exact; ivfpq (built by `cir index ann`); or milvus:URI[#collection] (written by "
+        "`cir index export-milvus`). Approximate results are marked in traces and manifests.",
+    )(command)
+
+
 def cache_options(command):
     """``--cache-dir DIR`` and ``--no-cache`` for commands that run pipelines."""
     command = click.option(

@@ -9,6 +9,7 @@ import click
 from cir.bench import BENCHMARKS
 from cir.bench.datasets.genecis import TASKS as GENECIS_TASKS
 from cir.cli._common import (
+    backend_options,
     check_ray,
     compute_option,
     device_option,
@@ -64,6 +65,7 @@ def bench_group() -> None:
 @device_option
 @compute_option
 @ray_options("Language-model")
+@backend_options
 @json_option
 def run_command(dataset: str, split: str, as_json: bool, **options) -> None:
     """Run a pipeline on DATASET and write predictions, metrics or submissions, and a report.

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cir.cli._common import (
+    backend_options,
     cache_options,
     compute_option,
     device_option,
@@ -34,6 +35,7 @@ from cir.types import Query
 @preset_option
 @device_option
 @compute_option
+@backend_options
 @cache_options
 def search_command(
     index_dir: str,
@@ -47,6 +49,9 @@ def search_command(
     preset: str | None,
     device: str | None,
     compute: str,
+    backend: str,
+    nprobe: int | None,
+    rescore: int | None,
     cache_dir: str | None,
     no_cache: bool,
 ) -> None:
@@ -63,7 +68,10 @@ def search_command(
         raise DataError(f"reference image {image!r} does not exist")
     pipe = _with_enough_results(load_pipeline(pipeline, overrides, preset), k, pipeline,
                                 overrides, preset)  # fmt: skip
+    from cir.index.backends import use_backend
+
     index = GalleryIndex.load(index_dir, device=device, compute=compute)
+    use_backend(index, backend, nprobe, rescore)
     query = Query(text, reference=image, reference_id=reference_id, id="query")
     cache = open_cache(cache_dir, no_cache)
     state = pipe.run([query], index, batch_size=1, cache=cache, device=device, progress=False)[0]

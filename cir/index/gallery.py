@@ -62,6 +62,8 @@ class GalleryIndex(SearchMixin):
         self.skipped: list[dict[str, str]] = []
         self.created: dict[str, Any] = {}
         self.faiss = None  # a FaissSearcher when enabled with use_faiss()
+        self.backend = None  # a PositionSearcher when enabled with use_backend()
+        self.folder: Path | None = None  # where it was loaded from or last saved
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -119,6 +121,7 @@ class GalleryIndex(SearchMixin):
         idx = cls(s.ids, s.embeddings, s.encoder, s.paths, s.root, device, compute)
         idx._sidecars = {n: (t.to(idx._device), m, r) for n, (t, m, r) in s.sidecars.items()}
         idx.skipped, idx.created = s.skipped, s.created
+        idx.folder = Path(directory)
         _ = idx.compute_plan
         return idx
 
@@ -135,6 +138,8 @@ class GalleryIndex(SearchMixin):
             created=self.created or store.creation_info(),
         )
         store.save(stored, directory)
+        self.folder = Path(directory)
+        self.backend = None  # an approximate index belongs to the previous generation
         return Path(directory)
 
     # ----------------------------------------------------------------- contents
@@ -241,7 +246,7 @@ class GalleryIndex(SearchMixin):
             merged = {k: list(v) + list(row_meta[k]) for k, v in old_rows.items()}
             self._sidecars[name] = (torch.cat([t, rows.to(t)]), meta, merged)
         self._ids = IdTable(self._ids.tolist() + ids)
-        self.faiss = None
+        self.faiss = self.backend = None
         self._rows_searcher = None
 
     def _sidecar_rows(self, given: dict, n: int) -> dict[str, tuple[torch.Tensor, dict]]:
@@ -269,6 +274,20 @@ class GalleryIndex(SearchMixin):
             out[name] = (rows, row_meta)
         return out
 
+    def subset(self, positions: Sequence[int] | torch.Tensor) -> GalleryIndex:
+        """A new index of the rows at ``positions`` (with their sidecar rows), same encoder."""
+        keep = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        rows = keep.tolist()
+        paths = [self._paths[p] for p in rows] if self._paths is not None else None
+        sub = GalleryIndex(
+            self._ids.take(rows), self._emb[keep.to(self._device)], self._encoder, paths,
+            self._root, self._device, self._compute,
+        )  # fmt: skip
+        for name, (t, meta, per_row) in self._sidecars.items():
+            kept = {k: [v[p] for p in rows] for k, v in per_row.items()}
+            sub._sidecars[name] = (t[keep.to(t.device)], meta, kept)
+        return sub
+
     def remove(self, ids: Sequence[str]) -> None:
         """Drop the rows of ``ids``; unknown ids are an error (nothing is removed then)."""
         ids = [ids] if isinstance(ids, str) else list(ids)
@@ -285,7 +304,7 @@ class GalleryIndex(SearchMixin):
         for name, (t, meta, rows) in self._sidecars.items():
             kept = {k: [v[p] for p in keep_list] for k, v in rows.items()}
             self._sidecars[name] = (t[keep.to(t.device)], meta, kept)
-        self.faiss = None
+        self.faiss = self.backend = None
         self._rows_searcher = None
 
     # ----------------------------------------------------------------- sidecars

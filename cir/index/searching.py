@@ -18,7 +18,7 @@ from cir.types import Ranking
 class SearchMixin:
     """``search``, ``topk`` and the compute plan, over the attributes ``GalleryIndex`` keeps:
     ``_emb`` (stored rows), ``_ids``, ``_device``, ``_encoder``, ``_compute``, ``_plan``,
-    ``_rows_searcher`` and ``faiss``."""
+    ``_rows_searcher``, ``faiss``, ``backend`` and ``folder``."""
 
     def check_encoder(self, encoder: Any, allow_mismatch: bool = False) -> None:
         """Refuse embeddings made by another encoder than the index's (unless allowed)."""
@@ -100,7 +100,9 @@ class SearchMixin:
         if len(queries) != num_queries:
             raise ValueError(f"ProductScores holds {len(queries)} queries, not {num_queries}")
         path = self.compute_plan.path_for(num_queries, avoid=("faiss",) if restrict else ())
-        if path == "faiss":
+        if self.backend is not None and not restrict:
+            v, p = self.backend.search_positions(queries, k, masks)
+        elif path == "faiss":
             v, p = self._faiss_rows().search(queries, k, masks)
         else:
             v, p = product_topk(self._emb, queries, k, masks, path, chunk_rows)
@@ -143,6 +145,10 @@ class SearchMixin:
         self.check_encoder(encoder, allow_mismatch)
         q = self._queries(queries)
         check_k(k)
+        if self.backend is not None and restrict is None:
+            masks = build_masks(len(q), exclude, None, self._ids)
+            v, p = self.backend.search_positions(q, k, masks)
+            return self._rankings(v, p)
         if self.faiss is not None and restrict is None:
             v, p = self.faiss.search(q, k, build_masks(len(q), exclude, None, self._ids))
             return self._rankings(v, p)
@@ -178,3 +184,26 @@ class SearchMixin:
 
         self.faiss = FaissSearcher(self._emb, kind, **options)
         return self
+
+    def use_backend(self, spec: str = "exact", **options: Any) -> SearchMixin:
+        """Search through a backend: ``exact`` (the default), ``ivfpq`` (the IVF-PQ index saved
+        in the index folder, see ``cir index ann``) or ``milvus:URI[#collection]`` (a collection
+        written by ``cir index export-milvus``); returns self.
+
+        Options go to the backend (``nprobe``, ``rescore``). Searches with ``restrict`` stay
+        exact; rules that score whole galleries run on the backend's candidates (see
+        :func:`cir.index.candidates.candidate_view`).
+        """
+        from cir.index.backends import open_backend
+
+        self.backend = open_backend(self, spec, **options)
+        return self
+
+    @property
+    def approximate(self) -> str | None:
+        """What an approximate backend in use is (for traces and manifests), else None."""
+        if self.backend is not None and self.backend.approximate:
+            return self.backend.describe()
+        if self.faiss is not None and self.faiss.kind != "flat":
+            return f"faiss {self.faiss.kind}"
+        return None

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cir.errors import DataError
+from cir.index.search import ProductScores
 from cir.scoring import apply_hub_penalty, hub_penalty
 from cir.stages.base import Context, Port, Stage, register_stage
 from cir.stages.retrieve.rules import GalleryRule, RuleInputs, make_rule
@@ -97,7 +98,8 @@ class Retrieve(Stage):
     def run(self, states: list[QueryState], ctx: Context) -> list[QueryState]:
         index = ctx.require_index(self.instance)
         if self.params.rule != "dot" or self.params.hubness is not None:
-            return self._run_rule(states, index)
+            exact_rules = index.backend is None  # faiss's own ivf serves plain search only
+            return self._mark(self._run_rule(states, index), None if exact_rules else index)
         name = self.params.query
         queries = stack_vectors(states, name, self.instance, index.device)
         rankings = index.search(
@@ -110,27 +112,38 @@ class Retrieve(Stage):
         )
         for state, ranking in zip(states, rankings, strict=True):
             state.ranking = ranking
+        return self._mark(states, index)
+
+    def _mark(self, states: list[QueryState], index) -> list[QueryState]:
+        """Say in the trace when the ranking came from an approximate backend."""
+        if index is not None and index.approximate is not None:
+            for state in states:
+                self.record(state).notes["approximate"] = index.approximate
         return states
 
     def _run_rule(self, states: list[QueryState], index) -> list[QueryState]:
         name = self.params.query
         index.check_encoder(states[0].encoders.get(name), self.params.allow_encoder_mismatch)
+        view, restrict = self._view(states, index)
         inputs = RuleInputs(
             states=states,
             query=name,
-            sidecar=index.sidecar,
-            reference_row=lambda i: _reference_row(index, states[i]),
+            sidecar=view.sidecar,
+            reference_row=lambda i: _reference_row(view, states[i]),
             fallback=lambda i, why: self._fallback(states[i], why),
-            device=index.device,
-            gallery=index.embeddings,
+            device=view.device,
+            gallery=view.embeddings,
+            whole_gallery=index.embeddings,
         )
-        score_fn = self._with_hubness(self.rule.build(inputs), index)
-        rankings = index.topk(
+        score_fn = self._with_hubness(self.rule.build(inputs), view, index)
+        if isinstance(score_fn, ProductScores):  # plain products: the backend ranks them itself
+            view, restrict = index, self._restrict(states)
+        rankings = view.topk(
             score_fn,
             len(states),
             k=self.params.k,
             exclude=self._exclude(states),
-            restrict=self._restrict(states),
+            restrict=restrict,
             chunk_rows=self.params.chunk_rows,
         )
         for state, ranking in zip(states, rankings, strict=True):
@@ -138,11 +151,31 @@ class Retrieve(Stage):
             self.record(state).notes["rule"] = self.params.rule
         return states
 
-    def _with_hubness(self, score_fn, index):
+    def _view(self, states: list[QueryState], index):
+        """The index to score (a sub-index of ANN candidates on an approximate backend)."""
+        from cir.index.candidates import candidate_view
+
+        if index.approximate is None:
+            return index, self._restrict(states)
+        probes = [self._probes(s, index.dim) for s in states]
+        width = max(self.params.k, getattr(index.backend, "rescore", self.params.k))
+        refs = [s.query.reference_id for s in states if s.query.reference_id]
+        return candidate_view(index, probes, width, self._restrict(states), refs)
+
+    def _probes(self, state: QueryState, dim: int) -> torch.Tensor:
+        """Every query vector the rule reads that lives in the gallery's space."""
+        from cir.state import embedding_matrix
+
+        names = [f.removeprefix("embeddings.") for f in self.rule.reads(self.params.query)]
+        found = [embedding_matrix(state, n) for n in names if n in state.embeddings]
+        found = [m for m in found if m.shape[-1] == dim]
+        return torch.cat(found) if found else torch.empty(0, dim)
+
+    def _with_hubness(self, score_fn, view, index):
         hub = self.params.hubness
         if hub is None:
             return score_fn
-        penalty = self._hub_penalty(index, hub)
+        penalty = self._hub_penalty(view, index, hub)
 
         def corrected(start: int, stop: int, chunk: torch.Tensor) -> torch.Tensor:
             scores = score_fn(start, stop, chunk)
@@ -150,21 +183,23 @@ class Retrieve(Stage):
 
         return corrected
 
-    def _hub_penalty(self, index, hub: HubnessParams) -> torch.Tensor:
-        """Each gallery item's bank term, computed once per index (it ignores the queries)."""
-        key = (id(index), len(index), index.sidecars)
+    def _hub_penalty(self, view, index, hub: HubnessParams) -> torch.Tensor:
+        """Each scored item's bank term, computed once per index (it ignores the queries); the
+        bank comes from the whole index, the items from ``view`` (the index or its candidates)."""
+        key = (id(view), len(view), view.sidecars)
         cached = getattr(self, "_penalty", None)
-        if cached is not None and cached[0] == key:
+        if view is index and cached is not None and cached[0] == key:
             return cached[1]
         bank = hubness_bank(index, hub.bank, hub.bank_size)
+        rows = view.embeddings
         parts = [
-            hub_penalty(
-                bank, index.embeddings[s : s + 65536].float(), hub.method, hub.temperature, hub.k
-            )
-            for s in range(0, len(index), 65536)
+            hub_penalty(bank, rows[s : s + 65536].float(), hub.method, hub.temperature, hub.k)
+            for s in range(0, len(view), 65536)
         ]
-        self._penalty = (key, torch.cat(parts))
-        return self._penalty[1]
+        penalty = torch.cat(parts)
+        if view is index:  # a candidate view is new for every batch
+            self._penalty = (key, penalty)
+        return penalty
 
     def _fallback(self, state: QueryState, reason: str) -> None:
         record = self.record(state)

@@ -95,11 +95,12 @@ class IntersectionRule(GalleryRule):
         return (f"embeddings.{query}", f"embeddings.{self.params.image}")
 
     def build(self, inputs: RuleInputs) -> ScoreFn:
-        if inputs.gallery is None:
+        rows = inputs.statistics_rows
+        if rows is None:
             raise ConfigError("the intersection rule needs the gallery embeddings")
         text, image = inputs.stacked(inputs.query), inputs.stacked(self.params.image)
-        text_moments = similarity_moments(text, inputs.gallery)
-        image_moments = similarity_moments(image, inputs.gallery)
+        text_moments = similarity_moments(text, rows)
+        image_moments = similarity_moments(image, rows)
         combine = self.params.combine
         return lambda start, stop, chunk: intersection_scores(
             image, text, chunk, image_moments, text_moments, combine

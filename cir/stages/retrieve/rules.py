@@ -39,7 +39,9 @@ class RuleInputs:
         reference_row: gallery row of a query's ``reference_id`` (None when not in the gallery).
         fallback: ``fallback(i, reason)`` records that query i used a declared fallback.
         device: where query tensors go (the gallery's device).
-        gallery: every gallery embedding (N, D), for rules that need gallery-wide statistics.
+        gallery: the embeddings of the rows being scored (N, D): the whole gallery, or the
+            candidate rows on an approximate backend (positions as ``reference_row``'s).
+        whole_gallery: every gallery embedding, for gallery-wide statistics (None: ``gallery``).
     """
 
     states: list[Any]
@@ -49,6 +51,12 @@ class RuleInputs:
     fallback: Callable[[int, str], None] = lambda i, reason: None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     gallery: torch.Tensor | None = None
+    whole_gallery: torch.Tensor | None = None
+
+    @property
+    def statistics_rows(self) -> torch.Tensor | None:
+        """The rows gallery-wide statistics are taken over (the whole gallery)."""
+        return self.whole_gallery if self.whole_gallery is not None else self.gallery
 
     def stacked(self, name: str) -> torch.Tensor:
         """Embedding ``name`` of every query as one float32 (Q, D) tensor on ``device``."""
