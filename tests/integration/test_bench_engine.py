@@ -112,8 +112,11 @@ def test_split_wide_ensemble_gives_the_same_predictions_in_any_number_of_batches
 def test_ldre_weights_span_the_whole_query_set(circo, tiny_models, tiny_clip, sample_index):
     # one distinct target per slot (answers cycle in arrival order, three per query), so the
     # slots' drops differ whatever the tiny captioner writes
-    slots = {"backend": "scripted", "name": "ldre-slots",
-             "responses": ["a red car on a road", "a blue boat at sea", "a green tree"]}
+    slots = {
+        "backend": "scripted",
+        "name": "ldre-slots",
+        "responses": ["a red car on a road", "a blue boat at sea", "a green tree"],
+    }
     pipe = load_pipeline(
         "ldre_pdv",
         overrides=[*_overrides("ldre", tiny_models), "stages.caption.num_captions=3",
