@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import re
 import textwrap
 
 import click
 
 from cir.cli._common import format_table, overrides_option, preset_option
-from cir.errors import ConfigError
+from cir.index.ann_sizing import parse_memory
 from cir.pipeline import list_pipelines, load_pipeline, pipeline_path
 
 
@@ -101,20 +100,8 @@ def plan_command(name, overrides, preset, device, memory, gallery, as_json) -> N
     from cir.plan import plan_pipeline
 
     pipe = load_pipeline(name, overrides, preset)
-    plan = plan_pipeline(pipe, device, parse_bytes(memory) if memory else None, gallery)
+    plan = plan_pipeline(pipe, device, parse_memory(memory) if memory else None, gallery)
     click.echo(json.dumps(plan.to_dict(), indent=2) if as_json else plan.table())
-
-
-_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
-_UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_bytes(text: str) -> int:
-    """``24GiB``, ``80GB``, ``512MiB`` or a plain number of bytes."""
-    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?I?B?)\s*", text.upper())
-    if match is None or match.group(2) not in _UNITS:
-        raise ConfigError(f"memory {text!r} is not a size; write e.g. 24GiB, 80GB or 512MiB")
-    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 @click.group("stages")

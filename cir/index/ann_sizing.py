@@ -44,8 +44,7 @@ def parse_memory(text: str | int) -> int:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
         if not match or match.group(2).upper() not in _UNITS:
             raise ConfigError(
-                f"cannot read the memory size {text!r}; write a number with a unit, "
-                "e.g. 8GB, 512MB, 2GiB"
+                f"memory {text!r} is not a size; write a number with a unit, e.g. 8GB, 512MB, 2GiB"
             )
         value, unit = float(match.group(1)), match.group(2).upper()
     size = int(value * _UNITS[unit])

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from cir.cli import cli
-from cir.cli.pipelines import parse_bytes
+from cir.index.ann_sizing import parse_memory as parse_bytes
 from cir.pipeline import load_pipeline
 from cir.plan import GiB, plan_pipeline
 
