@@ -381,7 +381,8 @@ class ContentCache:
         Returns:
             An :class:`ImportReport`; ``int(report)`` is the number of entries added.
         """
-        from cir.cache_import import ImportReport, file_sha256, read_export, verify_sample
+        from cir._paths import file_sha256
+        from cir.cache_import import ImportReport, read_export, verify_sample
 
         path = Path(path)
         if verify:

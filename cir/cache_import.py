@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import hashlib
 import json
 import math
 import time
@@ -60,14 +59,6 @@ class ImportReport:
         return isinstance(other, ImportReport) and vars(self) == vars(other)
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_export(path: Path) -> Iterator[dict[str, Any]]:

@@ -17,12 +17,12 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cir._paths import file_sha256
 from cir.context import Context
 from cir.errors import ConfigError, DataError
 from cir.generation import Ask
@@ -98,7 +98,7 @@ def replay_query_outputs(
         image = _reference_image(query, gallery)
         for write in writers:
             entries += write(query, image, record, cache)
-    source = f"replay:{_sha256(Path(path))}"
+    source = f"replay:{file_sha256(path)}"
     cache.put_many(entries, source=source)
     matched = {q.id for q, _ in queries}
     unmatched = sum(1 for qid in records if qid not in matched)
@@ -137,7 +137,7 @@ def replay_gallery_captions(
     )
     records = read_gallery_captions(path)
     cache_root = Path(cache_dir) if cache_dir else _default_cache_dir()
-    source = f"replay:{_sha256(Path(path))}"
+    source = f"replay:{file_sha256(path)}"
     images, missing = 0, []
     for part in parts:
         index, _ = gallery_index(ds.name, part, spec, cache_root, device, progress=False)
@@ -181,14 +181,6 @@ def _reference_image(query: Query, gallery: dict[str, Path]) -> Any:
             f"query {query.id!r}: reference {query.reference_id!r} is not in the gallery"
         )
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------- writing

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cir._paths import file_sha256
 from cir.bench.download.fetch import Fetcher, NotFound, check_sha256
 from cir.bench.download.images import (
     absent,
@@ -33,7 +34,6 @@ from cir.bench.download.images import (
     read_url_list,
 )
 from cir.bench.download.sources import DATASETS, Item, Source, get_source, shipped_sources
-from cir.bench.manifest import file_sha256
 from cir.errors import DataError
 
 RECORD = ".cir-download.json"

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 from tqdm.auto import tqdm
 
 from cir import __version__
+from cir._paths import file_sha256
 from cir.bench.download.sources import Item
-from cir.bench.manifest import file_sha256
 from cir.errors import DataError
 
 CHUNK = 1 << 16
