@@ -29,6 +29,8 @@ from cir import ray_engine, ray_stages
 from cir.errors import ConfigError, DataError
 
 SIDECAR = "captions"
+#: The sidecar ``source`` prefix of captions a pipeline's ``gallery_captions:`` made.
+MADE_BY_SECTION = "gallery_captions:"
 
 
 def set_caption_sidecar(
@@ -267,11 +269,10 @@ class GalleryCaptionSpec:
         except (TypeError, ValueError, ConfigError) as exc:
             raise ConfigError(f"`gallery_captions:` {exc}") from None
 
-    def source(self) -> str:
-        """What identifies the captions: the caption stage's resolved params."""
-        return "gallery_captions:" + json.dumps(
-            self.stage().to_dict().get("params", {}), sort_keys=True
-        )
+
+def _made_by(stage: Any) -> str:
+    """What identifies captions made by a ``gallery_captions:`` section: its stage's params."""
+    return MADE_BY_SECTION + json.dumps(stage.to_dict().get("params", {}), sort_keys=True)
 
 
 def ensure_gallery_captions(
@@ -292,16 +293,16 @@ def ensure_gallery_captions(
     what happened, for the run manifest.
     """
     index_dir = Path(index_dir)
-    source = spec.source()
+    stage = spec.stage()
+    source = _made_by(stage)
     if spec.sidecar in index.sidecars:
         present = str(index.sidecar(spec.sidecar)[1].get("source", ""))
         if present == source:
             return {"sidecar": spec.sidecar, "reused": True, "source": source}
-        if not present.startswith("gallery_captions:"):  # imported or made by hand: the user's
+        if not present.startswith(MADE_BY_SECTION):  # imported or made by hand: the user's
             return {"sidecar": spec.sidecar, "reused": True, "source": present, "kept": True}
     tag = hashlib.sha256(source.encode()).hexdigest()[:12]
     progress_file = index_dir.parent / f"{spec.sidecar}-{tag}.partial.jsonl"
-    stage = spec.stage()
     summary = caption_gallery(
         index, stage, encoder, ctx, spec.sidecar, spec.batch_size, progress_file,
         progress=ctx.progress, source=source, **ray_args,
