@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from cir.errors import ConfigError, DataError
-from cir.index.ann_sizing import TRAIN_PER_LIST, IvfPqSizing, size_ivfpq
+from cir.index.ann_sizing import HNSW_LINKS, TRAIN_PER_LIST, IvfPqSizing, size_ivfpq
 from cir.index.faiss_backend import finish, import_faiss
 from cir.index.folder import FolderLock, claim, read_ledger, record
 from cir.index.paths import rescore
@@ -43,7 +43,10 @@ META = "ann-ivfpq.json"
 DEFAULT_NPROBE = 32
 DEFAULT_RESCORE = 256
 ADD_CHUNK = 65536
-TRAIN_MAX_ROWS = 128 * 1024
+TRAIN_MAX_ROWS = 160 * 1024
+HNSW_EF_CONSTRUCTION = 200
+HNSW_EF_SEARCH = 128
+"""Candidates the coarse HNSW search keeps (at least ``nprobe`` are used at search time)."""
 KMEANS_ITERATIONS = 10
 
 
@@ -66,7 +69,7 @@ def build_ivfpq(
         max_memory: the budget in bytes (see :func:`cir.index.ann_sizing.size_ivfpq`).
         opq: rotate the rows with OPQ before product quantization.
         train_rows: rows sampled for training (default: 39 per list, at least 256 per PQ
-            centroid, at most 131,072); the coarse k-means runs 10 iterations.
+            centroid, at most 163,840); the coarse k-means runs 10 iterations.
         progress: print progress to stderr.
     """
     from cir.index import store
@@ -74,11 +77,7 @@ def build_ivfpq(
     manifest, stored = store.load(directory, mmap=True)
     rows = stored.embeddings
     sizing = size_ivfpq(len(rows), rows.shape[1], max_memory, opq)
-    faiss = import_faiss()
-    index = faiss.index_factory(sizing.dim, sizing.factory, faiss.METRIC_INNER_PRODUCT)
-    clustering = faiss.extract_index_ivf(index).cp
-    clustering.niter = KMEANS_ITERATIONS
-    clustering.spherical = True  # unit centroids: inner-product assignment is then cosine
+    index, _assigner = _new_index(sizing)  # the assigner must outlive the training
     started = time.perf_counter()
     index.train(_training_sample(rows, sizing, train_rows))
     for start in range(0, len(rows), ADD_CHUNK):
@@ -88,6 +87,32 @@ def build_ivfpq(
     seconds = round(time.perf_counter() - started, 3)
     _write(Path(directory), index, sizing, generation(manifest), seconds)
     return sizing
+
+
+def _new_index(sizing: IvfPqSizing) -> tuple[Any, Any]:
+    """An untrained IVF-PQ index of ``sizing``'s shape, and the exact assigner of its k-means.
+
+    The coarse k-means is spherical (unit centroids) and assigns rows by an exact inner-product
+    search: training through an approximate quantizer would let a few centroids capture most
+    rows. With unit centroids the nearest by L2 is the nearest by inner product, so the HNSW
+    graph over them is an L2 one (faiss's HNSW is built for metrics, not for inner products).
+    """
+    faiss = import_faiss()
+    d = sizing.dim
+    quantizer = faiss.IndexHNSWFlat(d, HNSW_LINKS) if sizing.hnsw else faiss.IndexFlatIP(d)
+    if sizing.hnsw:
+        quantizer.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        quantizer.hnsw.efSearch = HNSW_EF_SEARCH
+    ivf = faiss.IndexIVFPQ(
+        quantizer, d, sizing.nlist, sizing.m, sizing.nbits, faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.cp.niter = KMEANS_ITERATIONS
+    ivf.cp.spherical = True
+    assigner = faiss.IndexFlatIP(d)
+    ivf.clustering_index = assigner
+    if not sizing.opq:
+        return ivf, assigner
+    return faiss.IndexPreTransform(faiss.OPQMatrix(d, sizing.m), ivf), assigner
 
 
 def _training_sample(rows: torch.Tensor, sizing: IvfPqSizing, train_rows: int | None):
@@ -129,6 +154,14 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     return meta
 
 
+def _widen_coarse_search(ivf, nprobe: int) -> None:
+    """Let an HNSW coarse quantizer keep enough candidates for ``nprobe`` lists."""
+    faiss = import_faiss()
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(HNSW_EF_SEARCH, 2 * nprobe)
+
+
 class IvfPqSearcher(PositionSearcher):
     """Search a gallery through its memory-mapped IVF-PQ index, rescoring exactly.
 
@@ -149,7 +182,9 @@ class IvfPqSearcher(PositionSearcher):
             raise ConfigError(f"nprobe and rescore must be >= 1, got {nprobe} and {rescore}")
         self.gallery, self.index, self.meta = gallery, index, meta
         self.nprobe, self.rescore = nprobe, rescore
-        import_faiss().extract_index_ivf(index).nprobe = nprobe
+        ivf = import_faiss().extract_index_ivf(index)
+        ivf.nprobe = nprobe
+        _widen_coarse_search(ivf, nprobe)
         self.name = f"ivfpq {meta['sizing']['factory']} nprobe={nprobe} rescore={rescore}"
 
     @classmethod

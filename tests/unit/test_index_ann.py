@@ -58,7 +58,8 @@ def test_sizing_errors_name_the_problem():
     with pytest.raises(ConfigError, match=r"e\.g\. 8GB"):
         parse_memory("eight gigs")
     assert parse_memory("1.5GB") == 1_500_000_000 and parse_memory("2GiB") == 2 * 2**30
-    assert size_ivfpq(2_000_000, 768, parse_memory("384MB")).factory == "IVF4096_HNSW32,PQ128"
+    assert size_ivfpq(2_000_000, 768, parse_memory("384MB")).factory == "IVF4096,PQ128"
+    assert size_ivfpq(100_000_000, 768, parse_memory("20GB")).factory == "IVF32768_HNSW32,PQ128"
     assert size_ivfpq(5000, 64, 10**6, opq=True).factory.startswith("OPQ16,")
 
 
@@ -75,6 +76,30 @@ def test_lists_are_balanced(ann_dir):
 
     index = GalleryIndex.load(ann_dir).use_backend("ivfpq").backend.index
     assert faiss.extract_index_ivf(index).invlists.imbalance_factor() < 3
+
+
+@pytest.mark.parametrize("opq", [False, True])
+def test_hnsw_coarse_quantizer_assigns_rows_to_their_nearest_list(opq):
+    """The graph path (galleries of tens of millions) forced on a small gallery."""
+    import faiss
+
+    from cir.index.ann import _new_index
+    from cir.index.ann_sizing import IvfPqSizing
+
+    rows = clustered_rows(8000, D, centres=60, seed=9).float().numpy()
+    index, _assigner = _new_index(IvfPqSizing(8000, D, 128, 8, 8, opq=opq, hnsw=True))
+    index.train(rows)
+    index.add(rows)
+    ivf = faiss.extract_index_ivf(index)
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    assert isinstance(quantizer, faiss.IndexHNSWFlat) and ivf.nlist == 128
+    flat = faiss.IndexFlatIP(D)
+    flat.add(quantizer.storage.reconstruct_n(0, 128))
+    moved = index.chain.at(0).apply(rows[:2000]) if opq else rows[:2000]
+    _, exact = flat.search(moved, 1)
+    _, graph = ivf.quantizer.search(moved, 1)
+    assert (exact == graph).mean() >= 0.98
+    assert ivf.invlists.imbalance_factor() < 3
 
 
 def test_ivfpq_finds_the_exact_neighbours(ann_dir):
