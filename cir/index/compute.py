@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from cir.index.calibration import Measure
 
 PATHS = ("fp32", "fp16", "bf16", "faiss")
-PROBES = (1, 16, 128, 1024)
+PROBES = (1, 2, 16, 128, 1024)
 """Query batch sizes timed by the calibration; a batch takes the path of the nearest one."""
 CALIBRATE_FROM = 1 << 22
 """Galleries with fewer values (rows x dim) take ``fp32`` without calibrating: any path takes
@@ -62,7 +62,7 @@ SHOWN_FLAGS = (
     "bf16",
     "sve",
 )
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ class ComputePlan:
         return next((p for p in order if p not in avoid), "fp32")
 
     def describe(self) -> str:
-        """e.g. ``fp16 for 1-4 queries, bf16 for 5+ (calibrated)``."""
+        """e.g. ``faiss for 1 query, fp16 for 2-362 queries, bf16 for 363+ (calibrated)``."""
         bounds = [1, *(_boundary(i) + 1 for i in range(len(PROBES) - 1))]
         parts: list[tuple[str, int]] = []
         for low, order in zip(bounds, self.ranking, strict=True):
@@ -217,6 +217,8 @@ class ComputePlan:
             high = parts[i + 1][1] - 1 if i + 1 < len(parts) else None
             if len(parts) == 1:
                 text.append(f"{path} for every batch")
+            elif high == low:
+                text.append(f"{path} for {low} quer{'y' if low == 1 else 'ies'}")
             else:
                 text.append(f"{path} for {low}-{high} queries" if high else f"{path} for {low}+")
         return ", ".join(text) + f" ({self.source})"
@@ -293,10 +295,12 @@ def resolve_plan(
 
 
 PREFER_WITHIN = 1.3
-"""A native 2-byte path (fp16, then bf16) wins when its predicted time is within this factor
-of the fastest: the calibration gallery sits in the CPU caches, which hides part of the cost of
-reading rows from memory and converting them (on the development machine the probe rated the
-faiss path 1.45x too fast and bf16 1.27x too slow at 1,000 queries over 100,000 rows)."""
+"""The faster native 2-byte path (fp16 or bf16) wins when its predicted time is within this
+factor of the fastest: the calibration gallery sits in the CPU caches, which hides part of the
+cost of reading rows from memory and converting them (on the development machine the probe rated the
+faiss path 1.45x too fast and bf16 1.27x too slow at 1,000 queries over 100,000 rows). A
+single query is ranked by the timings alone: there the probe under-rates faiss's scan split over
+threads (even with fp16 at 16k rows, 1.3-1.7x faster at 65k-100k rows)."""
 
 
 def rank(timings: dict[str, list[list[float]]], num_rows: int) -> tuple[tuple[str, ...], ...]:
@@ -306,10 +310,10 @@ def rank(timings: dict[str, list[list[float]]], num_rows: int) -> tuple[tuple[st
         predicted = {p: t[i][0] + t[i][1] * num_rows for p, t in timings.items()}
         by_time = sorted(predicted, key=predicted.__getitem__)
         fastest = predicted[by_time[0]]
-        native = [
-            p for p in ("fp16", "bf16") if predicted.get(p, math.inf) <= fastest * PREFER_WITHIN
-        ]
-        first = native[0] if native else by_time[0]
+        native = [p for p in by_time if p in ("fp16", "bf16")]
+        within = PREFER_WITHIN if PROBES[i] > 1 else 1.0
+        near = native and predicted[native[0]] <= fastest * within
+        first = native[0] if near else by_time[0]
         order.append((first, *(p for p in by_time if p != first)))
     return tuple(order)
 

@@ -3,6 +3,9 @@ copy (``GalleryIndex.use_faiss``: exact ``flat`` or approximate ``ivf``)."""
 
 from __future__ import annotations
 
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -15,6 +18,8 @@ GPU_MAX_K = 2048  # the largest k faiss's GPU selection supports
 SCAN_MAX_QUERIES = 16
 """Below this many queries faiss scans the codes, decoding in registers; from here on it runs
 BLAS products over chunks of rows converted to float32, with its heaps selecting the top k."""
+SPLIT_MIN_ROWS = 2048
+"""A single query's scan is split over row ranges of at least this many rows, one per thread."""
 
 
 def import_faiss():
@@ -53,12 +58,22 @@ class RowsSearcher:
     Over 2-byte rows faiss's scores are not all exact (its bf16 quantizer rounds), so the best
     ``k + margin`` are rescored exactly in float32, as on the other 2-byte paths.
 
+    Args:
+        storage: (N, D) stored rows (on the CPU they move into faiss's buffer).
+        scan_threads: threads that share a single query's scan (default: faiss's OpenMP threads).
+        split_min_rows: the fewest rows a thread scans.
+
     Example:
         >>> searcher = RowsSearcher(storage)
         >>> scores, positions = searcher.search(queries, 50, QueryMasks.none(len(queries)))
     """
 
-    def __init__(self, storage: torch.Tensor) -> None:
+    def __init__(
+        self,
+        storage: torch.Tensor,
+        scan_threads: int | None = None,
+        split_min_rows: int = SPLIT_MIN_ROWS,
+    ) -> None:
         self.faiss = import_faiss()
         if storage.device.type == "cuda":
             import faiss.contrib.torch_utils  # noqa: F401  (knn_gpu then reads torch tensors)
@@ -67,6 +82,10 @@ class RowsSearcher:
             self.resources = self.faiss.StandardGpuResources()
         else:
             self.index, self.rows = _adopt(self.faiss, storage)
+        self.scan_threads = scan_threads or self.faiss.omp_get_max_threads()
+        self.split_min_rows = split_min_rows
+        self._split: list[tuple] | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def search(
         self, queries: torch.Tensor, k: int, masks: QueryMasks
@@ -88,7 +107,7 @@ class RowsSearcher:
         asked = min(n, wide + extra)
         if self.index is not None:
             q = queries.detach().float().cpu().contiguous().numpy()
-            scores, pos = (torch.from_numpy(a) for a in self.index.search(q, asked))
+            scores, pos = self._scan(q, asked)
         elif asked > GPU_MAX_K:
             return product_topk(self.rows, queries, k, masks, "fp32")
         else:
@@ -99,6 +118,31 @@ class RowsSearcher:
         if not two_bytes:
             return v[:, :k], p[:, :k]
         return rescore(queries, self.rows, p[:, :wide].to(self.rows.device), k)
+
+    def _scan(self, q: np.ndarray, asked: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """faiss's scan of the codes. faiss gives each query one thread, so a single query is
+        split over row ranges scanned side by side (faiss releases the GIL while it searches)."""
+        ranges = self._ranges()
+        if len(q) > 1 or len(ranges) < 2:
+            return tuple(torch.from_numpy(a) for a in self.index.search(q, asked))
+        found = list(self._pool.map(lambda r: self.index.search(q, asked, params=r[0]), ranges))
+        return tuple(torch.from_numpy(np.concatenate(a, axis=1)) for a in zip(*found, strict=True))
+
+    def _ranges(self) -> list[tuple]:
+        """Search parameters selecting consecutive row ranges, one per thread (built once)."""
+        if self._split is None:
+            n = self.index.ntotal
+            count = max(1, min(self.scan_threads, n // self.split_min_rows))
+            bounds = [n * i // count for i in range(count + 1)]
+            self._split = [self._range(lo, hi) for lo, hi in itertools.pairwise(bounds)]
+            self._pool = ThreadPoolExecutor(count, thread_name_prefix="cir-faiss-scan")
+        return self._split
+
+    def _range(self, lo: int, hi: int) -> tuple:
+        selector = self.faiss.IDSelectorRange(lo, hi)
+        params = self.faiss.SearchParameters()
+        params.sel = selector
+        return params, selector  # the parameters do not keep their selector alive
 
     def _blas_search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """faiss's BLAS k-NN over chunks of the rows converted to float32 in one buffer."""

@@ -97,6 +97,7 @@ def product_topk(
     masks: QueryMasks,
     path: str,
     chunk_rows: int | None = None,
+    step_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k inner products of float32 ``queries`` with the stored rows, on ``path``.
 
@@ -106,7 +107,9 @@ def product_topk(
         k: entries per query.
         masks: exclusions and restrictions.
         path: ``fp32``, ``fp16`` or ``bf16`` (``faiss`` is served by ``cir.index.faiss_backend``).
-        chunk_rows: rows per chunk (default: ``default_chunk_rows``).
+        chunk_rows: rows per chunk ranked at once (default: ``default_chunk_rows``).
+        step_rows: rows converted and multiplied at a time when the path converts the rows
+            (default: a conversion buffer of ``BUFFER_VALUES``).
 
     Returns:
         ``(scores, positions)`` as :func:`cir.index.search.chunked_topk`; scores are exact
@@ -115,17 +118,52 @@ def product_topk(
     dtype = COMPUTE_DTYPES[path]
     (n, d), q = storage.shape, queries.shape[0]
     converts = storage.dtype != dtype or path == "bf16"
-    rows = chunk_rows or default_chunk_rows(q, n, d, converts)
+    rows = chunk_rows or default_chunk_rows(q, n, d, converts=False)
+    step = min(rows, step_rows or default_chunk_rows(q, n, d, converts=True))
     if path == "bf16":
-        view = CenteredRows(storage, rows)
+        view = CenteredRows(storage, step)
         low = torch.cat([queries, -centers(storage, queries, k)[:, None]], 1).to(dtype)
     else:
-        view, low = RowView(storage, dtype, rows), queries.to(dtype)
+        view, low = RowView(storage, dtype, step), queries.to(dtype)
+    if converts and step < rows:  # convert in cache-sized steps, rank whole blocks
+        scores, view = BlockScores(low, view, step, rows), _no_rows
+    else:
+        scores = lambda a, b, g: low @ g.T  # noqa: E731
     if dtype == torch.float32:
-        return chunked_topk(lambda a, b, g: low @ g.T, view, q, n, k, masks, rows)
+        return chunked_topk(scores, view, q, n, k, masks, rows)
     wide = min(n, k + margin(path, k))
-    _, candidates = chunked_topk(lambda a, b, g: low @ g.T, view, q, n, wide, masks, rows)
+    _, candidates = chunked_topk(scores, view, q, n, wide, masks, rows)
     return rescore(queries, storage, candidates, k)
+
+
+def _no_rows(start: int, stop: int) -> None:
+    return None
+
+
+class BlockScores:
+    """Products of queries with rows ``[start, stop)``, converted step by step into one block.
+
+    Converted rows are best multiplied in steps that fit the CPU caches, but the running top-k
+    pays a few operations for every chunk it is handed: the block gathers the steps' products,
+    so the top-k sees few, wide chunks (4x fewer at 100 queries of 512 values).
+
+    Args:
+        low: (Q, D') queries in the compute dtype.
+        view: the rows of a step in the compute dtype (at most ``step`` rows).
+        step: rows converted and multiplied at a time.
+        block_rows: the widest block asked for.
+    """
+
+    def __init__(self, low: torch.Tensor, view, step: int, block_rows: int) -> None:
+        self.low, self.view, self.step = low, view, step
+        self.block = torch.empty((low.shape[0], block_rows), dtype=low.dtype, device=low.device)
+
+    def __call__(self, start: int, stop: int, _rows: None = None) -> torch.Tensor:
+        out = self.block[:, : stop - start]
+        for s in range(start, stop, self.step):
+            e = min(stop, s + self.step)
+            torch.mm(self.low, self.view(s, e).T, out=out[:, s - start : e - start])
+        return out
 
 
 SAMPLE_ROWS = 1024

@@ -100,25 +100,18 @@ def _timer(**per_path: tuple[float, float, float]) -> FakeTimer:
 
 def test_each_batch_size_takes_the_fastest_path(monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: True)
-    timer = _timer(fp32=(9, 2, 1, 1), bf16=(3, 1, 0.5, 0.4), faiss=(2, 4, 8, 8))
+    timer = _timer(fp32=(9, 9, 2, 1, 1), bf16=(3, 1.5, 1, 0.5, 0.4), faiss=(2, 4, 4, 8, 8))
     plan = resolve_plan(torch.float16, 512, BIG, CPU, machine=EPYC, measure=timer)
     assert plan.source == "calibrated"
-    assert [plan.path_for(q) for q in (1, 4, 5, 64, 65, 5000)] == [
-        "faiss",
-        "faiss",
-        "bf16",
-        "bf16",
-        "bf16",
-        "bf16",
-    ]
+    assert [plan.path_for(q) for q in (1, 2, 5, 6, 64, 65, 5000)] == ["faiss"] + ["bf16"] * 6
     assert plan.path_for(1, avoid=("faiss",)) == "bf16"
-    assert plan.describe() == "faiss for 1-4 queries, bf16 for 5+ (calibrated)"
+    assert plan.describe() == "faiss for 1 query, bf16 for 2+ (calibrated)"
     assert plan.ranking[0] == ("faiss", "bf16", "fp32")
 
 
 def test_a_single_path_is_described_for_every_batch(monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: False)
-    timer = _timer(fp32=(3, 2, 1, 1), fp16=(1, 1, 0.5, 0.5), bf16=(2, 2, 2, 2))
+    timer = _timer(fp32=(3, 3, 2, 1, 1), fp16=(1, 1, 1, 0.5, 0.5), bf16=(2, 2, 2, 2, 2))
     plan = resolve_plan(torch.float16, 768, BIG, CPU, machine=SAPPHIRE, measure=timer)
     assert plan.describe() == "fp16 for every batch (calibrated)"
     assert {p for p, _, _ in timer.calls} == {"fp32", "fp16", "bf16"}
@@ -126,7 +119,7 @@ def test_a_single_path_is_described_for_every_batch(monkeypatch):
 
 def test_forced_small_and_single_candidate_plans_do_not_calibrate(monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: False)
-    timer = _timer(fp32=(1, 1, 1, 1))
+    timer = _timer(fp32=(1, 1, 1, 1, 1))
     forced = resolve_plan(torch.float16, 512, BIG, CPU, "bf16", machine=OLD, measure=timer)
     assert forced.source == "forced" and forced.path_for(1) == forced.path_for(999) == "bf16"
     small = resolve_plan(torch.float16, 512, 100, CPU, machine=SAPPHIRE, measure=timer)
@@ -137,11 +130,11 @@ def test_forced_small_and_single_candidate_plans_do_not_calibrate(monkeypatch):
 
 
 def test_calibration_alternates_paths_and_times_two_gallery_sizes():
-    timer = _timer(fp32=(1, 1, 1, 1), faiss=(10, 10, 10, 10), fp16=(2, 2, 2, 2))
+    timer = _timer(fp32=(1, 1, 1, 1, 1), faiss=(10, 10, 10, 10, 10), fp16=(2, 2, 2, 2, 2))
     timings = calibrate(("fp32", "faiss", "fp16"), 512, torch.float16, CPU, timer)
     calls = [p for p, _, _ in timer.calls]
     assert calls[:9] == ["fp32"] * 3 + ["faiss"] * 3 + ["fp16"] * 3  # paths take turns
-    assert calls.count("fp32") == calls.count("faiss") == (3 + 3 + 2 + 2) * 3
+    assert calls.count("fp32") == calls.count("faiss") == (3 + 3 + 3 + 2 + 2) * 3
     rows = (1 << 23) // 512
     assert {r for _, _, r in timer.calls} == {rows, rows // 4}
     fixed, per_row = timings["fp32"][0]  # the made-up times have no fixed part
@@ -162,7 +155,7 @@ def test_fixed_costs_per_query_matter_less_in_larger_galleries():
 
 def test_calibration_is_cached_per_machine_and_rejected_when_malformed(tmp_path, monkeypatch):
     monkeypatch.setattr("cir.index.compute.faiss_usable", lambda device: False)
-    timer = _timer(fp32=(3, 2, 1, 1), bf16=(1, 1, 2, 2))
+    timer = _timer(fp32=(3, 3, 2, 1, 1), bf16=(1, 1, 1, 2, 2))
     first = resolve_plan(
         torch.float16, 512, BIG, CPU, machine=EPYC, measure=timer, cache_dir=tmp_path
     )
@@ -202,13 +195,16 @@ def test_unknown_compute_path_names_the_valid_ones():
 
 def test_a_two_byte_path_close_to_the_fastest_is_preferred():
     timings = {
-        "fp32": [[0.0, 1.0]] * 4,
-        "faiss": [[0.0, 0.9]] * 4,
-        "bf16": [[0.0, 1.1]] * 4,  # within 30% of faiss: preferred
-        "fp16": [[0.0, 1.15]] * 4,  # also, and fp16 comes first
+        "fp32": [[0.0, 1.0]] * len(PROBES),
+        "faiss": [[0.0, 0.9]] * len(PROBES),
+        "bf16": [[0.0, 1.1]] * len(PROBES),  # within 30% of faiss: preferred
+        "fp16": [[0.0, 1.15]] * len(PROBES),  # also, but bf16 is the faster of the two
     }
-    assert rank(timings, 1000)[0] == ("fp16", "faiss", "fp32", "bf16")
-    timings["fp16"] = [[0.0, 1.3]] * 4  # 44% slower than faiss
-    assert rank(timings, 1000)[0] == ("bf16", "faiss", "fp32", "fp16")
-    timings["bf16"] = [[0.0, 1.2]] * 4
-    assert rank(timings, 1000)[0][0] == "faiss"
+    assert rank(timings, 1000)[1] == ("bf16", "faiss", "fp32", "fp16")
+    timings["fp16"] = [[0.0, 1.3]] * len(PROBES)  # 44% slower than faiss
+    assert rank(timings, 1000)[1] == ("bf16", "faiss", "fp32", "fp16")
+    timings["bf16"] = [[0.0, 1.2]] * len(PROBES)
+    assert rank(timings, 1000)[1][0] == "faiss"
+    timings["bf16"] = [[0.0, 1.1]] * len(PROBES)
+    first = [order[0] for order in rank(timings, 1000)]
+    assert first == ["faiss", "bf16", "bf16", "bf16", "bf16"]  # one query: timings alone

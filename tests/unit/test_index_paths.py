@@ -119,19 +119,51 @@ def test_faiss_path_shares_the_rows_instead_of_copying_them():
     assert r.ids == ("extra",)
 
 
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_faiss_scan_of_one_query_split_over_threads_is_exact(dtype):
+    """faiss scans a query on one thread; cir splits a single query's rows over several."""
+    from cir.index.faiss_backend import RowsSearcher
+
+    idx, rows = _index(dtype, "fp32", n=2500)
+    searcher = RowsSearcher(idx.embeddings.clone(), scan_threads=3, split_min_rows=500)
+    q = _queries(1, shared=1.0)
+    best = (q @ rows.T).argmax(1)
+    v, p = searcher.search(q, 40, QueryMasks.from_rows(best))
+    assert len(searcher._ranges()) == 3
+    want = _expected(rows, q, 40, drop=[{f"r{int(best)}"}])
+    assert [f"r{j}" for j in p[0].tolist()] == [i for i, _ in want[0]]
+    assert v[0].tolist() == pytest.approx([s for _, s in want[0]], abs=2e-6)
+
+
 def test_chunking_does_not_change_the_result():
     idx, rows = _index("fp16", "fp32")
     q = _queries(4)
     want = _expected(rows, q, 33)
     for path in ("fp32", "fp16", "bf16"):
-        for chunk in (100, 1024, 5000):
-            v, p = product_topk(idx.embeddings, q, 33, QueryMasks.none(4), path, chunk)
+        for chunk, step in ((100, None), (1024, None), (5000, None), (1000, 96), (2048, 700)):
+            v, p = product_topk(idx.embeddings, q, 33, QueryMasks.none(4), path, chunk, step)
             got = [
                 [(f"r{j}", s) for j, s in zip(pi, vi, strict=True)]
                 for pi, vi in zip(p.tolist(), v.tolist(), strict=True)
             ]
             for g, e in zip(got, want, strict=True):
                 assert [i for i, _ in g] == [i for i, _ in e]
+
+
+@pytest.mark.parametrize("path", ["fp32", "bf16"])
+def test_blocks_of_converted_steps_keep_exclusions(path):
+    """Converting paths multiply in small steps into one block; excluded rows stay out."""
+    idx, rows = _index("fp16", "fp32")
+    q = _queries(6, shared=1.0)
+    best = q @ rows.T
+    excluded = best.argmax(1)  # each query's best row, in a different step of the block
+    masks = QueryMasks.from_rows(excluded)
+    v, p = product_topk(idx.embeddings, q, 20, masks, path, chunk_rows=1000, step_rows=96)
+    assert not (p == excluded[:, None]).any()
+    best[torch.arange(6), excluded] = float("-inf")
+    want_v, want_p = torch.topk(best, 20, dim=1)
+    assert torch.equal(p, want_p)
+    torch.testing.assert_close(v, want_v, atol=2e-6, rtol=0)
 
 
 def test_rescore_keeps_missing_candidates_missing():
