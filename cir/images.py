@@ -29,7 +29,8 @@ def load_image(
     laid on white.
 
     Args:
-        image: a file path or a PIL image.
+        image: a file path, a path to an image inside a webdataset or parquet shard
+            (``<shard>/<member>``, see :mod:`cir.index.shards`), or a PIL image.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard);
             default :data:`DEFAULT_MAX_PIXELS`.
         min_side: the caller needs only this many pixels on the shorter side (an encoder's
@@ -45,11 +46,13 @@ def load_image(
         _check_size(image, limit, "image")
         return _to_rgb(image)
     path = Path(image)
-    _check_file(path)
+    source = _member(path)
+    if source is None:
+        _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source or path) as opened:
                 _check_size(opened, limit, str(path))
                 if min_side:
                     _draft(opened, min_side)
@@ -63,6 +66,18 @@ def load_image(
         raise DataError(f"{path}: oversized image ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def _member(path: Path):
+    """The bytes of an image inside a shard (``part-0.tar/000123.jpg``), or None for a file."""
+    if path.exists():
+        return None
+    from cir.index.shards import open_member
+
+    try:
+        return open_member(path)
+    except OSError as exc:
+        raise DataError(f"{path}: shard cannot be read ({exc})") from None
 
 
 def _check_file(path: Path) -> None:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from cir.errors import DataError
 from cir.images import IMAGE_EXTENSIONS, load_image
+from cir.index.shards import member_mtime_ns, split_member_path
 from cir.redaction import redact, redact_value
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -90,11 +91,27 @@ def gallery_image(index: Any, image_id: str) -> Path | None:
     try:
         resolved = path.resolve(strict=True)
     except (OSError, RuntimeError):
-        return None
+        return _shard_image(path, root)
     if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
         return None
     inside = resolved.relative_to(root.resolve()).parts
     return None if any(part.startswith(".") for part in inside) else resolved
+
+
+def _shard_image(path: Path, root: Path) -> Path | None:
+    """An indexed image inside a shard file under the index's folder (``<shard>/<member>``)."""
+    found = split_member_path(path)
+    if found is None:
+        return None
+    shard, member = found
+    try:
+        resolved = shard.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
+        return None
+    inside = resolved.relative_to(root.resolve()).parts
+    return None if any(part.startswith(".") for part in inside) else resolved / member
 
 
 def _looks_like_an_image(image_id: str, path: Path) -> bool:
@@ -112,7 +129,8 @@ def gallery_tile(index: Any, image_id: str, side: int = TILE_SIDE) -> Image.Imag
     if path is None:
         return None
     try:
-        return _tile(str(path), path.stat().st_mtime_ns, side).copy()
+        mtime = member_mtime_ns(path) if not path.exists() else path.stat().st_mtime_ns
+        return _tile(str(path), mtime, side).copy()
     except (DataError, OSError):
         return None
 

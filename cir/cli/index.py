@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cir.cli._common import check_ray, format_table, ray_options
+from cir.errors import DataError
 from cir.index.ids import printable
 
 
@@ -17,7 +18,7 @@ def index_group() -> None:
 
 
 @index_group.command("build")
-@click.argument("folder", type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--model",
     required=True,
@@ -71,7 +72,7 @@ def index_group() -> None:
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @ray_options("Encoder")
 def build_command(
-    folder: Path,
+    sources: tuple[Path, ...],
     model: str,
     pretrained: str | None,
     out: Path,
@@ -87,15 +88,19 @@ def build_command(
     ray_address: str | None,
     ray_workers: int | None,
 ) -> None:
-    """Encode the images under FOLDER (recursively) into an index at --out.
+    """Encode the images of SOURCES into an index at --out.
 
-    With --ray the images are decoded by Ray tasks and encoded by a pool of encoder actors; the
-    index is the same as a local build's, and an interrupted build resumes either way.
+    SOURCES is a folder (searched recursively), or image files and webdataset .tar / parquet
+    shards (a glob such as shards/part-*.tar). Images inside shards are read in place; their ids
+    are <shard>/<member>. With --ray the images are decoded by Ray tasks and encoded by a pool of
+    encoder actors; the index is the same as a local build's, and an interrupted build resumes
+    either way.
     """
     from cir.index import GalleryIndex
     from cir.index.build import scan
     from cir.models import load_encoder
 
+    folder = _build_source(sources)
     scan(folder)  # a missing or empty folder fails before a model is loaded
     check_ray(ray_address)
     encoder = load_encoder(model, pretrained=pretrained, device=device, preprocessing=preprocessing)
@@ -124,6 +129,18 @@ def build_command(
             click.echo(f"  {printable(entry['path'])}: {entry['reason']}")
         if len(idx.skipped) > 10:
             click.echo(f"  ... and {len(idx.skipped) - 10} more")
+
+
+def _build_source(sources: tuple[Path, ...]) -> Path | list[Path]:
+    """One folder, or a list of image and shard files."""
+    if len(sources) == 1 and not sources[0].is_file():
+        return sources[0]
+    folders = [str(p) for p in sources if not p.is_file()]
+    if folders:
+        raise DataError(
+            f"{printable(folders[0])} is not a file; give one folder, or image and shard files"
+        )
+    return list(sources)
 
 
 @index_group.command("info")

@@ -60,10 +60,10 @@ class _Images(Dataset):
 
     def __getitem__(self, n: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
-            image = load_image(self.items[n].path, self.max_pixels, self.min_side)
+            image = load_image(self.items[n].location, self.max_pixels, self.min_side)
             return n, self.preprocess(image), None
         except DataError as exc:
-            return n, None, str(exc).removeprefix(f"{self.items[n].path}: ")
+            return n, None, str(exc).removeprefix(f"{self.items[n].location}: ")
         except Exception as exc:  # a preprocessing failure on one file must not stop the build
             return n, None, f"cannot preprocess ({type(exc).__name__}: {exc})"
 
@@ -105,7 +105,8 @@ def build_index(
     """Encode a gallery into an index saved in ``out``.
 
     Args:
-        source: a folder (searched recursively) or a list of image paths.
+        source: a folder (searched recursively) or a list of image paths; webdataset ``.tar``
+            and parquet shards among them count for the images inside (:mod:`cir.index.shards`).
         encoder: an encoder from :func:`cir.models.load_encoder`, or a model name for it.
         out: the index folder (shards go to ``out/build`` while building).
         batch_size: images per model call.
@@ -157,7 +158,7 @@ def _build(folder, found, encoder, resume, dtype, options) -> GalleryIndex:
     root, items, problems = found
     work = folder / BUILD_DIR
     done, skipped = _start(work, encoder, resume)
-    todo = [it for it in items if it.path not in done and it.path not in skipped]
+    todo = [it for it in items if it.location not in done and it.location not in skipped]
     shards = _Shards(work, len(list(work.glob("shard-*.json"))), dtype)
     bar = tqdm(
         total=len(items),
@@ -256,10 +257,10 @@ def _read_shards(work: Path) -> tuple[dict, dict]:
             continue
         for n, item in enumerate(entries):
             if _unchanged(item):
-                done[item.path] = (item, rows[n])
+                done[item.location] = (item, rows[n])
         for item, reason in skips:
             if _unchanged(item):
-                skipped[item.path] = (item, reason)
+                skipped[item.location] = (item, reason)
     return done, skipped
 
 
@@ -322,19 +323,21 @@ def _finish(
 ) -> GalleryIndex:
     work = folder / BUILD_DIR
     done, skipped = _read_shards(work)
-    good = [it for it in items if it.path in done]
+    good = [it for it in items if it.location in done]
     report = [
-        {"path": it.path, "reason": skipped[it.path][1]} for it in items if it.path in skipped
+        {"path": it.location, "reason": skipped[it.location][1]}
+        for it in items
+        if it.location in skipped
     ]
     report += [
-        {"path": it.path, "reason": "changed or vanished during the build"}
+        {"path": it.location, "reason": "changed or vanished during the build"}
         for it in items
-        if it.path not in done and it.path not in skipped
+        if it.location not in done and it.location not in skipped
     ]
     if not good:
         reasons = "; ".join(f"{Path(r['path']).name}: {r['reason']}" for r in report[:5])
         raise DataError(f"no readable image among the {len(items)} files under {root} ({reasons})")
-    emb = torch.stack([done[it.path][1] for it in good]).to(store.DTYPES[dtype])
+    emb = torch.stack([done[it.location][1] for it in good]).to(store.DTYPES[dtype])
     idx = GalleryIndex(
         [it.id for it in good], emb, encoder.identity, [it.id for it in good], root, device="cpu"
     )

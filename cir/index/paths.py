@@ -126,7 +126,7 @@ def product_topk(
     else:
         view, low = RowView(storage, dtype, step), queries.to(dtype)
     if converts and step < rows:  # convert in cache-sized steps, rank whole blocks
-        scores, view = BlockScores(low, view, step, rows), _no_rows
+        scores, view = BlockScores(low, view, step, rows, masks), _no_rows
     else:
         scores = lambda a, b, g: low @ g.T  # noqa: E731
     if dtype == torch.float32:
@@ -145,24 +145,30 @@ class BlockScores:
 
     Converted rows are best multiplied in steps that fit the CPU caches, but the running top-k
     pays a few operations for every chunk it is handed: the block gathers the steps' products,
-    so the top-k sees few, wide chunks (4x fewer at 100 queries of 512 values).
+    so the top-k sees few, wide chunks (2 instead of 13 for 100 queries over 100k rows of 512
+    values). Steps without a candidate row (restricted searches) are not converted.
 
     Args:
         low: (Q, D') queries in the compute dtype.
         view: the rows of a step in the compute dtype (at most ``step`` rows).
         step: rows converted and multiplied at a time.
         block_rows: the widest block asked for.
+        masks: the search's exclusions and restrictions.
     """
 
-    def __init__(self, low: torch.Tensor, view, step: int, block_rows: int) -> None:
-        self.low, self.view, self.step = low, view, step
+    def __init__(self, low: torch.Tensor, view, step: int, block_rows: int, masks: QueryMasks):
+        self.low, self.view, self.step, self.masks = low, view, step, masks
         self.block = torch.empty((low.shape[0], block_rows), dtype=low.dtype, device=low.device)
 
     def __call__(self, start: int, stop: int, _rows: None = None) -> torch.Tensor:
         out = self.block[:, : stop - start]
         for s in range(start, stop, self.step):
             e = min(stop, s + self.step)
-            torch.mm(self.low, self.view(s, e).T, out=out[:, s - start : e - start])
+            part = out[:, s - start : e - start]
+            if self.masks.chunk_has_candidates(s, e):
+                torch.mm(self.low, self.view(s, e).T, out=part)
+            else:
+                part.fill_(_NEG_INF)
         return out
 
 

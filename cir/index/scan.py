@@ -1,5 +1,8 @@
 """Finding the images of a gallery: a folder walked recursively, or a list of paths.
 
+Webdataset ``.tar`` and parquet shards, in the folder or the list, count for the images inside
+them (ids ``<shard>/<member>``, see :mod:`cir.index.shards`).
+
 Ids are image paths relative to the gallery folder, in posix form (``shoes/red.jpg``); for a list
 of paths the folder is their deepest common parent. Any name the operating system gives is kept
 as Python gives it (undecodable bytes become surrogate escapes), so every file can be indexed and
@@ -25,16 +28,27 @@ from pathlib import Path
 
 from cir.errors import DataError
 from cir.images import IMAGE_EXTENSIONS
+from cir.index.shards import is_shard, list_shard
 
 
 @dataclass(frozen=True)
 class Item:
-    """One image of a gallery: its id, file path, and size and time when it was found."""
+    """One image of a gallery: its id, file path, and size and time when it was found.
+
+    An image inside a webdataset or parquet shard has ``path``, ``size`` and ``mtime_ns`` of
+    the shard and its ``member`` name (see :mod:`cir.index.shards`).
+    """
 
     id: str
     path: str
     size: int
     mtime_ns: int
+    member: str | None = None
+
+    @property
+    def location(self) -> str:
+        """Where the image is read from: its file, or ``<shard>/<member>``."""
+        return self.path if self.member is None else f"{self.path}/{self.member}"
 
 
 def scan(source: str | Path | Sequence[str | Path]) -> tuple[Path, list[Item]]:
@@ -61,14 +75,33 @@ def find_images(
         if not files:
             raise DataError(
                 f"no image files under {root} (looked recursively for "
-                f"{', '.join(IMAGE_EXTENSIONS)}){_problem_hint(problems)}; "
+                f"{', '.join(IMAGE_EXTENSIONS)}, and .tar/.parquet shards)"
+                f"{_problem_hint(problems)}; "
                 "point to the folder that holds the images"
             )
     else:
         files, problems = _listed(source), []
         root = Path(os.path.commonpath([p.parent for p in files]))
-    items = [_item(root, p) for p in files]
+    items = _expand(root, files, problems)
     return root, sorted(items, key=lambda it: it.id), problems
+
+
+def _expand(root: Path, files: list[Path], problems: list[dict[str, str]]) -> list[Item]:
+    """Items of image files, and of the image members of shard files."""
+    items = []
+    for path in files:
+        if not is_shard(path):
+            items.append(_item(root, path))
+            continue
+        members, trouble = list_shard(root, path)
+        items += members
+        problems += trouble
+    if not items:
+        raise DataError(
+            f"no image in the shards under {root}{_problem_hint(problems)}; "
+            "give webdataset .tar or parquet shards holding images"
+        )
+    return items
 
 
 def _listed(source: Sequence[str | Path]) -> list[Path]:
@@ -109,7 +142,7 @@ def _walk(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
 
 def _classify(entry: os.DirEntry) -> tuple[str, str | None]:
     """("folder" | "image" | "other", why it cannot be indexed, if it is worth saying)."""
-    is_image = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+    is_image = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS or is_shard(Path(entry.name))
     try:
         if entry.is_dir(follow_symlinks=False):
             return "folder", None

@@ -89,3 +89,17 @@ def test_cli_build_on_ray(sample_photos, tiny_clip, ray_cluster, tmp_path) -> No
     assert result.exit_code == 0, result.output
     assert "on Ray" in result.output
     _assert_same(GalleryIndex.load(out), _local(sample_photos, tiny_clip, tmp_path / "local"))
+
+
+def test_ray_build_of_shards_equals_local_build(sample_photos, tiny_clip, ray_cluster, tmp_path):
+    """webdataset tar and parquet shards, read in place by the Ray decode tasks."""
+    from cir.testing.shards import write_shards
+
+    write_shards(sample_photos, tmp_path / "shards", kind="tar", per_shard=5)
+    write_shards(sample_photos, tmp_path / "shards" / "pq", kind="parquet", per_shard=7)
+    local = _local(tmp_path / "shards", tiny_clip, tmp_path / "local")
+    on_ray = GalleryIndex.build(
+        tmp_path / "shards", load_encoder(tiny_clip), out=tmp_path / "ray", ray=True, **SIZES
+    )
+    assert any(".tar/" in i for i in local.ids) and any(".parquet/" in i for i in local.ids)
+    _assert_same(on_ray, local)

@@ -17,6 +17,7 @@ from demos.safety import (
     TILE_SIDE,
     decode_upload,
     gallery_image,
+    gallery_tile,
     redact_config,
     redact_secrets,
 )
@@ -237,6 +238,25 @@ def test_gallery_images_never_leave_the_index_folder(sample_index, tmp_path):
     idx._root = str(sample_index.root)  # the folder the gallery was built from
     assert gallery_image(idx, "ok") == inside.resolve()
     assert gallery_image(idx, "escape") is None and gallery_image(idx, "../x") is None
+
+
+def test_gallery_images_inside_shards_are_served_by_id_only(sample_index, sample_photos, tmp_path):
+    from cir.index import GalleryIndex
+    from cir.testing.shards import write_shards
+
+    pytest.importorskip("pyarrow")
+    shards = tmp_path / "shards"
+    write_shards(sample_photos, shards, kind="tar", per_shard=100)
+    (shards / ".private.tar").write_bytes((shards / "part-00000.tar").read_bytes())
+    member = sorted(p.name for p in sample_photos.iterdir() if p.is_file())[0]
+    ids = [f"part-00000.tar/{member}", f".private.tar/{member}"]
+    idx = GalleryIndex.from_embeddings(ids, sample_index.embeddings[:2].float(), paths=ids)
+    idx._root = str(shards)
+    assert gallery_image(idx, ids[0]) == (shards / ids[0]).resolve()
+    tile = gallery_tile(idx, ids[0])
+    assert isinstance(tile, Image.Image) and max(tile.size) <= TILE_SIDE
+    assert gallery_image(idx, ids[1]) is None  # a hidden shard is never served
+    assert gallery_image(idx, "part-00000.tar/other.jpg") is None  # not indexed
 
 
 def test_use_result_and_examples(callbacks, sample_index):

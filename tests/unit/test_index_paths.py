@@ -166,6 +166,22 @@ def test_blocks_of_converted_steps_keep_exclusions(path):
     torch.testing.assert_close(v, want_v, atol=2e-6, rtol=0)
 
 
+@pytest.mark.parametrize("path", ["fp32", "bf16"])
+def test_blocks_skip_steps_without_allowed_rows(path):
+    from cir.index.search import build_masks
+
+    idx, rows = _index("fp16", "fp32")
+    q = _queries(3)
+    allowed = [{"r5", "r2500"}, {"r7"}, {"r2999", "r1200"}]
+    masks = build_masks(3, None, allowed, idx._ids)
+    v, p = product_topk(idx.embeddings, q, 5, masks, path, chunk_rows=1000, step_rows=96)
+    for qi, names in enumerate(allowed):
+        found = [f"r{j}" for j in p[qi].tolist() if j >= 0]
+        assert sorted(found) == sorted(names)
+        want = sorted(((q[qi] @ rows[int(n[1:])]).item() for n in names), reverse=True)
+        assert v[qi, : len(names)].tolist() == pytest.approx(want, abs=2e-6)
+
+
 def test_rescore_keeps_missing_candidates_missing():
     rows = torch.randn(10, D, generator=torch.Generator().manual_seed(3))
     rows = torch.nn.functional.normalize(rows, dim=1).half()
