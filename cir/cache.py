@@ -116,7 +116,12 @@ def fingerprint_image(image: str | Path | Image.Image) -> str:
     try:
         stat = path.stat()
     except OSError as exc:
-        raise DataError(f"cannot read image {str(path)!r}: {exc.strerror}") from None
+        from cir.index.shards import read_member_path
+
+        member = read_member_path(path)  # an image inside a webdataset or parquet shard
+        if member is None:
+            raise DataError(f"cannot read image {str(path)!r}: {exc.strerror}") from None
+        return hashlib.sha256(member).hexdigest()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _IMAGE_HASHES:
         _IMAGE_HASHES[memo] = hashlib.sha256(path.read_bytes()).hexdigest()

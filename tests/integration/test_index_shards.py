@@ -148,3 +148,19 @@ def test_cli_builds_from_shards_and_search_names_the_member(sample_photos, tiny_
     )  # fmt: skip
     assert found.exit_code == 0, found.output
     assert ".parquet/" in found.output and str(tmp_path / "shards" / "part-0") in found.output
+
+
+def test_gallery_captions_read_images_from_shards(sample_photos, encoder, tmp_path):
+    """The captioner, the content cache and the sidecar work on images inside shards."""
+    from cir.gallery_captions import caption_gallery
+    from cir.stages.caption import Caption
+    from cir.testing.lm import tiny_blip_captioner
+
+    write_shards(sample_photos, tmp_path / "shards", kind="tar", per_shard=8)
+    idx = GalleryIndex.build(tmp_path / "shards", encoder, out=tmp_path / "idx", **OPTS)
+    captioner = {"backend": "transformers", "model": tiny_blip_captioner(tmp_path / "blip")}
+    stage = Caption(captioner=captioner, max_tokens=5)
+    summary = caption_gallery(idx, stage, encoder, batch_size=4)
+    assert summary["images"] == len(idx)
+    captions = idx.sidecar("captions")[1]["captions"]
+    assert len(captions) == len(idx) and all(isinstance(c[0], str) for c in captions)
