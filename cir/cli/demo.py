@@ -221,7 +221,7 @@ def _reusable_index(out: Path, folder: Path, encoder_key: str, scan):
         return None
     _, items = scan(folder)
     skipped = {str(entry.get("path")) for entry in index.skipped}
-    readable = {it.id for it in items if it.path not in skipped}
+    readable = {it.id for it in items if it.location not in skipped}
     return index if index.encoder_key == encoder_key and readable == set(index.ids) else None
 
 
