@@ -66,6 +66,8 @@ def find_images(
         DataError: the folder is missing, holds no image file, or the list is empty or has
             duplicates.
     """
+    if isinstance(source, str | Path) and is_shard(Path(source)) and Path(source).is_file():
+        source = [source]  # one shard file
     if isinstance(source, str | Path):
         root = Path(source).expanduser().resolve()
         if not root.is_dir():

@@ -142,7 +142,7 @@ def _tar_table(shard: Path, size: int, mtime_ns: int) -> dict[str, tuple]:
     try:
         with tarfile.open(shard, mode="r:") as tar:
             for info in tar:
-                if info.isfile() and Path(info.name).suffix.lower() in IMAGE_EXTENSIONS:
+                if Path(info.name).suffix.lower() in IMAGE_EXTENSIONS:
                     _add_member(table, info, size)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if not table:
@@ -154,7 +154,9 @@ def _tar_table(shard: Path, size: int, mtime_ns: int) -> dict[str, tuple]:
 def _add_member(table: dict[str, tuple], info: tarfile.TarInfo, shard_size: int) -> None:
     name = info.name
     problem = _name_problem(name)
-    if problem is None and name in table:
+    if problem is None and (not info.isfile() or info.issparse()):
+        problem = "link, device or sparse member (only plain members are read)"
+    elif problem is None and name in table:
         problem, name = "duplicate member name (the first one is indexed)", f"{name}#{info.offset}"
     elif problem is None and info.size > MAX_MEMBER_BYTES:
         problem = f"member of {info.size} bytes, over {MAX_MEMBER_BYTES}"
@@ -177,11 +179,11 @@ def _parquet_table(shard: Path, size: int, mtime_ns: int) -> dict[str, tuple]:
             names = [column] + (["key"] if has_key else [])
             part = file.read_row_group(group, columns=names)
             keys = part.column("key").to_pylist() if has_key else None
-            for n, value in enumerate(part.column(column).to_pylist()):
-                data = _bytes_of(value)
+            heads, lengths = _heads_and_lengths(part.column(column))
+            for n, (head, length) in enumerate(zip(heads, lengths, strict=True)):
                 key = str(keys[n]) if keys and keys[n] is not None else f"row-{row:08d}"
-                name = key + _extension(data)
-                problem = _name_problem(name) or _data_problem(data)
+                name = key + _extension(head)
+                problem = _name_problem(name) or _data_problem(length)
                 if problem is None and name in table:
                     problem = "duplicate key (the first one is indexed)"
                     name = f"{name}#{row}"
@@ -219,6 +221,16 @@ def _image_column(schema, shard: Path) -> str:
     )
 
 
+def _heads_and_lengths(images) -> tuple[list, list]:
+    """The first bytes and the length of every image cell, without reading whole images."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_struct(images.type):
+        images = pc.struct_field(images, "bytes")
+    return pc.binary_slice(images, 0, 12).to_pylist(), pc.binary_length(images).to_pylist()
+
+
 def _bytes_of(value) -> bytes | None:
     if isinstance(value, dict):
         value = value.get("bytes")
@@ -232,11 +244,11 @@ def _extension(data: bytes | None) -> str:
     return next((ext for magic, ext in _MAGIC if head.startswith(magic)), ".img")
 
 
-def _data_problem(data: bytes | None) -> str | None:
-    if not data:
+def _data_problem(length: int | None) -> str | None:
+    if not length:
         return "empty image cell"
-    if len(data) > MAX_MEMBER_BYTES:
-        return f"image of {len(data)} bytes, over {MAX_MEMBER_BYTES}"
+    if length > MAX_MEMBER_BYTES:
+        return f"image of {length} bytes, over {MAX_MEMBER_BYTES}"
     return None
 
 

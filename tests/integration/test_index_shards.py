@@ -97,6 +97,10 @@ def test_hostile_shards_are_reported_and_never_extracted(tmp_path, encoder):
             ("broken.jpg", b"not an image"),
         ],
     )
+    with tarfile.open(root / "links.tar", "w") as tar:
+        link = tarfile.TarInfo("link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
     whole = _tar(tmp_path / "whole.tar", [("y.jpg", good)]).read_bytes()
     (root / "b.tar").write_bytes(whole[:700])  # truncated inside the member's data
     (root / "c.tar").write_bytes(b"\x00garbage" * 10)
@@ -108,12 +112,23 @@ def test_hostile_shards_are_reported_and_never_extracted(tmp_path, encoder):
     assert "not allowed" in reasons["escape.jpg"] and "not allowed" in reasons["abs.jpg"]
     assert "hidden" in reasons["x.jpg"]
     assert "duplicate" in next(r for n, r in reasons.items() if n.startswith("ok.jpg#"))
-    assert "not an image" in reasons["broken.jpg"]
+    assert "not an image" in reasons["broken.jpg"] and "link" in reasons["link.jpg"]
     assert "truncated" in reasons["y.jpg"]
     assert "tar" in reasons["c.tar"] and "no image column" in reasons["d.parquet"]
     assert "parquet" in reasons["e.parquet"]
     assert not (tmp_path / "escape.jpg").exists() and not list(root.glob("*.jpg"))
     assert load_image(idx.path("a.tar/ok.jpg")).getpixel((5, 5))[0] > 200  # the first, red
+
+
+def test_hugging_face_image_structs_and_row_numbers(tmp_path, encoder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cells = [{"bytes": _jpeg("red"), "path": "a.jpg"}, {"bytes": b"", "path": "b.jpg"}]
+    pq.write_table(pa.table({"image": cells, "label": [1, 2]}), tmp_path / "train.parquet")
+    idx = GalleryIndex.build(tmp_path / "train.parquet", encoder, out=tmp_path / "i", **OPTS)
+    assert list(idx.ids) == ["train.parquet/row-00000000.jpg"]
+    assert "empty image cell" in idx.skipped[0]["reason"]
 
 
 def test_member_paths_outside_a_shard_are_plain_missing_files(tmp_path):
