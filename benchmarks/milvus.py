@@ -19,28 +19,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+from ann import K, agreement, per_query  # the same timing and agreement as benchmarks/ann.py
 
 from cir.index import GalleryIndex
 from cir.index.compute import this_machine
 from cir.index.milvus import export_milvus
 from cir.testing.galleries import clustered_queries, clustered_rows
 
-K = 50
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = ((8, 100), (32, 200), (128, 500))
-
-
-def per_query(index: GalleryIndex, queries: torch.Tensor) -> tuple[list, float]:
-    out, started = [], time.perf_counter()
-    for q in queries:
-        out.extend(index.search(q[None], k=K))
-    return out, len(queries) / (time.perf_counter() - started)
-
-
-def agreement(exact: list, found: list) -> float:
-    hits = sum(len(set(a.ids) & set(b.ids)) for a, b in zip(exact, found, strict=True))
-    return hits / (K * len(exact))
 
 
 def run(args) -> dict:
@@ -52,12 +39,13 @@ def run(args) -> dict:
     export_milvus(index, uri, replace=True)
     exported = time.perf_counter() - started
     truth = index.search(queries, k=K)
-    _, exact_qps = per_query(index, queries)
+    search = lambda q: index.search(q, k=K)  # noqa: E731
+    _, exact_qps = per_query(search, queries)
     table = []
     for nprobe, rescore in SETTINGS:
         index.use_backend(f"milvus:{uri}", nprobe=nprobe, rescore=rescore)
-        per_query(index, queries[:5])
-        found, qps = per_query(index, queries)
+        per_query(search, queries[:5])
+        found, qps = per_query(search, queries)
         table.append(
             {
                 "nprobe": nprobe,
