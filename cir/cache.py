@@ -102,7 +102,8 @@ _IMAGE_HASHES: dict[tuple[str, int, int], str] = {}
 def fingerprint_image(image: str | Path | Image.Image) -> str:
     """A sha256 identifying an image: of the file's bytes for a path, of the pixels for a PIL image.
 
-    File hashes are remembered per (path, size, modification time), so a gallery is read once.
+    File hashes are remembered per (path, size, modification time), so a gallery is read once;
+    an image inside a webdataset or parquet shard is versioned by its shard's.
 
     Example:
         >>> fingerprint_image("photos/dress.jpg")[:12]
@@ -114,17 +115,16 @@ def fingerprint_image(image: str | Path | Image.Image) -> str:
         return digest.hexdigest()
     path = Path(image)
     try:
-        stat = path.stat()
+        stat, read = path.stat(), path.read_bytes
     except OSError as exc:
-        from cir.index.shards import read_member_path
+        from cir.index.shards import read_member_path, shard_stat
 
-        member = read_member_path(path)  # an image inside a webdataset or parquet shard
-        if member is None:
+        stat, read = shard_stat(path), lambda: read_member_path(path)  # an image in a shard
+        if stat is None:
             raise DataError(f"cannot read image {str(path)!r}: {exc.strerror}") from None
-        return hashlib.sha256(member).hexdigest()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo not in _IMAGE_HASHES:
-        _IMAGE_HASHES[memo] = hashlib.sha256(path.read_bytes()).hexdigest()
+        _IMAGE_HASHES[memo] = hashlib.sha256(read()).hexdigest()
     return _IMAGE_HASHES[memo]
 
 

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -68,16 +69,17 @@ def load_image(
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
 
 
-def _member(path: Path):
+def _member(path: Path) -> io.BytesIO | None:
     """The bytes of an image inside a shard (``part-0.tar/000123.jpg``), or None for a file."""
     if path.exists():
         return None
-    from cir.index.shards import open_member
+    from cir.index.shards import read_member_path
 
     try:
-        return open_member(path)
+        data = read_member_path(path)
     except OSError as exc:
         raise DataError(f"{path}: shard cannot be read ({exc})") from None
+    return None if data is None else io.BytesIO(data)
 
 
 def _check_file(path: Path) -> None:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from cir.errors import DataError
 from cir.images import IMAGE_EXTENSIONS, load_image
-from cir.index.shards import member_mtime_ns, split_member_path
+from cir.index.shards import shard_stat, split_member_path
 from cir.redaction import redact, redact_value
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
@@ -92,10 +92,7 @@ def gallery_image(index: Any, image_id: str) -> Path | None:
         resolved = path.resolve(strict=True)
     except (OSError, RuntimeError):
         return _shard_image(path, root)
-    if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
-        return None
-    inside = resolved.relative_to(root.resolve()).parts
-    return None if any(part.startswith(".") for part in inside) else resolved
+    return resolved if _visible_file(resolved, root) else None
 
 
 def _shard_image(path: Path, root: Path) -> Path | None:
@@ -108,10 +105,14 @@ def _shard_image(path: Path, root: Path) -> Path | None:
         resolved = shard.resolve(strict=True)
     except (OSError, RuntimeError):
         return None
+    return resolved / member if _visible_file(resolved, root) else None
+
+
+def _visible_file(resolved: Path, root: Path) -> bool:
+    """A regular file under ``root`` with no hidden part on the way."""
     if not resolved.is_file() or not resolved.is_relative_to(root.resolve()):
-        return None
-    inside = resolved.relative_to(root.resolve()).parts
-    return None if any(part.startswith(".") for part in inside) else resolved / member
+        return False
+    return not any(part.startswith(".") for part in resolved.relative_to(root.resolve()).parts)
 
 
 def _looks_like_an_image(image_id: str, path: Path) -> bool:
@@ -129,8 +130,8 @@ def gallery_tile(index: Any, image_id: str, side: int = TILE_SIDE) -> Image.Imag
     if path is None:
         return None
     try:
-        mtime = member_mtime_ns(path) if not path.exists() else path.stat().st_mtime_ns
-        return _tile(str(path), mtime, side).copy()
+        stat = path.stat() if path.exists() else shard_stat(path)
+        return _tile(str(path), stat.st_mtime_ns, side).copy()
     except (DataError, OSError):
         return None
 

@@ -144,7 +144,7 @@ def _walk(root: Path) -> tuple[list[Path], list[dict[str, str]]]:
 
 def _classify(entry: os.DirEntry) -> tuple[str, str | None]:
     """("folder" | "image" | "other", why it cannot be indexed, if it is worth saying)."""
-    is_image = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS or is_shard(Path(entry.name))
+    indexable = Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS or is_shard(Path(entry.name))
     try:
         if entry.is_dir(follow_symlinks=False):
             return "folder", None
@@ -158,8 +158,8 @@ def _classify(entry: os.DirEntry) -> tuple[str, str | None]:
     if stat.S_ISDIR(info.st_mode):
         return "other", "symbolic link to a folder (not followed; index its target on its own)"
     if not stat.S_ISREG(info.st_mode):
-        return "other", "not a regular file" if is_image else None
-    return ("image", None) if is_image else ("other", None)
+        return "other", "not a regular file" if indexable else None
+    return ("image", None) if indexable else ("other", None)
 
 
 def _problem(path: Path, reason: str) -> dict[str, str]:

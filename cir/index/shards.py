@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import io
 import os
 import tarfile
 from pathlib import Path, PurePosixPath
@@ -62,12 +61,12 @@ def list_shard(root: Path, shard: Path):
 
     try:
         st = shard.stat()
-        names = _members(shard, st.st_size, st.st_mtime_ns)
+        table = _table(shard, st)
     except (OSError, DataError) as exc:
         return [], [{"path": str(shard), "reason": _reason(exc, shard)}]
     prefix = shard.relative_to(root).as_posix()
     items, problems = [], []
-    for name, problem in names:
+    for name, (problem, *_) in table.items():
         if problem:
             problems.append({"path": f"{shard}/{name}", "reason": problem})
             continue
@@ -86,10 +85,10 @@ def read_member_path(path: Path) -> bytes | None:
         return None
     shard, name = found
     st = shard.stat()
-    entries = dict(_members(shard, st.st_size, st.st_mtime_ns))
-    if name not in entries or entries[name]:
+    entry = _table(shard, st).get(name)
+    if entry is None or entry[0]:
         raise DataError(f"{path}: no such image in the shard {shard.name}")
-    return _read(shard, st.st_size, st.st_mtime_ns, name)
+    return _read(shard, st, name, entry)
 
 
 def split_member_path(path: Path) -> tuple[Path, str] | None:
@@ -100,10 +99,11 @@ def split_member_path(path: Path) -> tuple[Path, str] | None:
     return None
 
 
-def member_mtime_ns(path: Path) -> int | None:
-    """The modification time of the shard holding member path ``path`` (None: not a member)."""
+def shard_stat(path: Path) -> os.stat_result | None:
+    """The status of the shard holding member path ``path`` (None: not a member path); a
+    member changes only with its shard, so this versions the member."""
     found = split_member_path(path)
-    return found[0].stat().st_mtime_ns if found else None
+    return found[0].stat() if found else None
 
 
 def _reason(exc: Exception, shard: Path) -> str:
@@ -121,14 +121,10 @@ def _name_problem(name: str) -> str | None:
 
 
 # --------------------------------------------------------------------- member tables
-@functools.lru_cache(maxsize=16)
-def _members(shard: Path, size: int, mtime_ns: int) -> tuple[tuple[str, str | None], ...]:
-    """``(name, problem or None)`` of every image member; cached per shard version."""
-    if shard.suffix.lower() == ".tar":
-        table = _tar_table(shard, size, mtime_ns)
-    else:
-        table = _parquet_table(shard, size, mtime_ns)
-    return tuple((name, entry[0]) for name, entry in table.items())
+def _table(shard: Path, st: os.stat_result) -> dict[str, tuple]:
+    """``name -> (problem or None, where)`` of the shard's image members, cached per version."""
+    build = _tar_table if shard.suffix.lower() == ".tar" else _parquet_table
+    return build(shard, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=16)
@@ -253,17 +249,17 @@ def _data_problem(length: int | None) -> str | None:
 
 
 # --------------------------------------------------------------------- reading
-def _read(shard: Path, size: int, mtime_ns: int, name: str) -> bytes:
+def _read(shard: Path, st: os.stat_result, name: str, entry: tuple) -> bytes:
     if shard.suffix.lower() == ".tar":
-        _, offset, length = _tar_table(shard, size, mtime_ns)[name]
+        _, offset, length = entry
         with open(shard, "rb") as f:
             f.seek(offset)
             data = f.read(length)
         if len(data) != length:
             raise DataError(f"{shard}/{name}: truncated member ({len(data)} of {length} bytes)")
         return data
-    _, group, row = _parquet_table(shard, size, mtime_ns)[name]
-    column = _row_group_images(shard, size, mtime_ns, group)
+    _, group, row = entry
+    column = _row_group_images(shard, st.st_size, st.st_mtime_ns, group)
     return _bytes_of(column[row]) or b""
 
 
@@ -273,11 +269,3 @@ def _row_group_images(shard: Path, size: int, mtime_ns: int, group: int) -> list
     file = pq.ParquetFile(shard)
     column = _image_column(file.schema_arrow, shard)
     return file.read_row_group(group, columns=[column]).column(column).to_pylist()
-
-
-def open_member(path: Path) -> io.BytesIO | None:
-    """A member path's bytes as a file object for PIL, or None when ``path`` is not one."""
-    if os.path.lexists(path):
-        return None
-    data = read_member_path(path)
-    return None if data is None else io.BytesIO(data)
