@@ -122,8 +122,8 @@ class RowsSearcher:
     def _scan(self, q: np.ndarray, asked: int) -> tuple[torch.Tensor, torch.Tensor]:
         """faiss's scan of the codes. faiss gives each query one thread, so a single query is
         split over row ranges scanned side by side (faiss releases the GIL while it searches)."""
-        ranges = self._ranges()
-        if len(q) > 1 or len(ranges) < 2:
+        ranges = self._ranges() if len(q) == 1 else []
+        if len(ranges) < 2:
             return tuple(torch.from_numpy(a) for a in self.index.search(q, asked))
         found = list(self._pool.map(lambda r: self.index.search(q, asked, params=r[0]), ranges))
         return tuple(torch.from_numpy(np.concatenate(a, axis=1)) for a in zip(*found, strict=True))
